@@ -1,0 +1,126 @@
+"""Command-line front ends: ``disk-image-create`` and ``element-info``.
+
+The only module that prints to stdout, maps :class:`~dib.errors.DibError` to exit codes and
+shows tracebacks (with ``--debug``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import traceback
+from typing import Callable, List, Optional, Sequence
+
+from dib import __version__
+from dib.errors import DibError
+
+log = logging.getLogger("dib")
+
+
+def _guarded(main: Callable[[List[str]], int], argv: Optional[Sequence[str]]) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("DIB_DEBUG_TRACEBACK") == "1"
+    try:
+        return main(args)
+    except DibError as exc:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write(f"error: {exc.message}\n")
+        if exc.hint:
+            sys.stderr.write(f"hint: {exc.hint}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            traceback.print_exc()
+        sys.stderr.write("error: interrupted\n")
+        return 130
+
+
+# -- element-info ---------------------------------------------------------------------------
+
+def _element_info_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="element-info",
+        description="Resolve elements the way disk-image-create does, or list what is available.")
+    p.add_argument("elements", nargs="*", metavar="ELEMENT")
+    p.add_argument("-d", "--expand-dependencies", action="store_true",
+                   help="accepted for compatibility with old diskimage-builder; expansion is "
+                        "always on")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-e", "--env", action="store_true",
+                      help="print IMAGE_ELEMENT / IMAGE_ELEMENT_YAML exports")
+    mode.add_argument("--list", action="store_true",
+                      help="list every available element, where it comes from, and its summary")
+    mode.add_argument("--graph", action="store_true", help="print the dependency graph in DOT")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    return p
+
+
+def _element_info(argv: List[str]) -> int:
+    from dib import element, resolver
+
+    parser = _element_info_parser()
+    args = parser.parse_args(argv)
+    from dib import log as dlog
+    dlog.setup(quiet=False)
+    catalogue = element.discover(element.search_path(os.environ.get("ELEMENTS_PATH")))
+    if args.list:
+        rows = [{"name": e.name, "path": str(e.path), "summary": e.summary,
+                 "provides": list(e.provides), "deps": list(e.deps)}
+                for e in catalogue.elements.values()]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        else:
+            width = max((len(r["name"]) for r in rows), default=0)
+            for r in rows:
+                print(f"{r['name']:<{width}}  {r['path']}")
+                if r["summary"]:
+                    print(f"{'':<{width}}  {r['summary']}")
+        return 0
+    if not args.elements:
+        parser.error("at least one ELEMENT is required (or --list)")
+    res = resolver.resolve(args.elements, catalogue)
+    if args.graph:
+        print(resolver.to_dot(res), end="")
+    elif args.json:
+        print(resolver.to_json(res), end="")
+    elif args.env:
+        print(resolver.env_exports(res), end="")
+    else:
+        print(" ".join(res.order))
+    return 0
+
+
+def element_info(argv: Optional[Sequence[str]] = None) -> int:
+    return _guarded(_element_info, argv)
+
+
+# -- disk-image-create ------------------------------------------------------------------------
+
+def _disk_image_create(argv: List[str]) -> int:
+    from dib import config, log as dlog
+
+    cfg = config.parse_args(argv, dict(os.environ))
+    dlog.setup(verbose=cfg.trace, quiet=cfg.quiet)
+    if cfg.action == "cleanup":
+        from dib import workdir
+        for line in workdir.cleanup_stale(cfg.tmp_dir):
+            print(line)
+        return 0
+    from dib import build
+    result = build.build_image(cfg)
+    for path in result.outputs:
+        print(path)
+    return 0
+
+
+def disk_image_create(argv: Optional[Sequence[str]] = None) -> int:
+    return _guarded(_disk_image_create, argv)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(disk_image_create())

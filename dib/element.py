@@ -1,0 +1,171 @@
+"""Elements and the element search path.
+
+An element is a directory on the search path. Discovery follows diskimage-builder:
+
+* every search-path entry must be a directory;
+* every sub-directory of an entry (symlinks to directories count) is an element, named after
+  the basename of its real path;
+* an element in an earlier entry replaces a later entry's element of the same name whole
+  (nothing is merged), with a warning naming both paths;
+* the built-in elements directory comes last, so users override built-ins.
+
+Parsing is done once, here: the rest of dib sees frozen :class:`Element` values.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+
+from dib.errors import InvalidElementDir
+
+log = logging.getLogger("dib.element")
+
+#: Hook script names dib-run-parts accepts (``RUN_PARTS_REGEX`` in diskimage-builder).
+HOOK_NAME = re.compile(r"^[0-9A-Za-z_-]+$")
+#: environment.d file names.
+ENV_NAME = re.compile(r"^[0-9A-Za-z_.-]+$")
+
+
+def _read_list(path: Path) -> Tuple[str, ...]:
+    """Read element-deps / element-provides: one name a line; blank and ``#`` lines skipped.
+
+    diskimage-builder takes a ``# comment`` line as an element name; we do not.
+    Repeated names are kept once, in first-seen order.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return ()
+    names: Dict[str, None] = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            names[line] = None
+    return tuple(names)
+
+
+def run_parts_key(name: str) -> Tuple[int, bytes]:
+    """dib-run-parts order: ``LANG=C sort -n`` -- leading number, then the bytes of the name."""
+    m = re.match(r"\d+", name)
+    return (int(m.group()) if m else 0, name.encode())
+
+
+@dataclass(frozen=True)
+class Element:
+    name: str
+    path: Path
+    deps: Tuple[str, ...] = ()
+    provides: Tuple[str, ...] = ()
+    #: phase directory name (e.g. ``install.d``) -> hook script names, in run-parts order
+    hooks: Mapping[str, Tuple[str, ...]] = field(default_factory=dict, compare=False)
+
+    @property
+    def summary(self) -> str:
+        """The first non-empty, non-heading line of README.rst (or '')."""
+        readme = self.path / "README.rst"
+        try:
+            lines = readme.read_text(errors="replace").splitlines()
+        except OSError:
+            return ""
+        for i, line in enumerate(lines):
+            text = line.strip()
+            if not text or set(text) <= set("=-~^*#+`:.'\"_"):
+                continue
+            nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+            if nxt and set(nxt) <= set("=-~^*#+`:.'\"_") and text == self.name:
+                continue  # the title line is just the element name
+            return text
+        return ""
+
+    def environment_files(self) -> Tuple[Path, ...]:
+        env_dir = self.path / "environment.d"
+        if not env_dir.is_dir():
+            return ()
+        return tuple(env_dir / n for n in sorted(os.listdir(env_dir), key=run_parts_key)
+                     if ENV_NAME.match(n) and (env_dir / n).is_file())
+
+
+def load_element(path: Path) -> Element:
+    """Build an :class:`Element` from its directory (already resolved to a real path)."""
+    hooks: Dict[str, Tuple[str, ...]] = {}
+    for entry in sorted(path.iterdir()):
+        if entry.name.endswith(".d") and entry.is_dir() and entry.name != "environment.d":
+            scripts = [p.name for p in entry.iterdir()
+                       if HOOK_NAME.match(p.name) and p.is_file() and os.access(p, os.X_OK)]
+            if scripts:
+                hooks[entry.name] = tuple(sorted(scripts, key=run_parts_key))
+    return Element(
+        name=path.name,
+        path=path,
+        deps=_read_list(path / "element-deps"),
+        provides=_read_list(path / "element-provides"),
+        hooks=hooks,
+    )
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """Every element available on a search path, by name."""
+
+    elements: Mapping[str, Element]
+    search_path: Tuple[Path, ...]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.elements
+
+    def __getitem__(self, name: str) -> Element:
+        return self.elements[name]
+
+    def names(self) -> Tuple[str, ...]:
+        return tuple(sorted(self.elements))
+
+    def providers_of(self, virtual: str) -> Tuple[str, ...]:
+        return tuple(sorted(n for n, e in self.elements.items() if virtual in e.provides))
+
+
+def builtin_elements_dir() -> Path:
+    """The elements shipped with dib: ``elements/`` beside the package in a checkout,
+    else the copy installed as the ``dib._elements`` package data."""
+    here = Path(__file__).resolve().parent
+    checkout = here.parent / "elements"
+    if checkout.is_dir() and (here.parent / "setup.cfg").is_file():
+        return checkout
+    return here / "_elements"
+
+
+def search_path(elements_path: Optional[str], builtin: Optional[Path] = None) -> Tuple[Path, ...]:
+    """``ELEMENTS_PATH`` entries (colon separated, earlier wins) followed by the built-ins."""
+    entries = [Path(p) for p in elements_path.split(":")] if elements_path else []
+    entries.append(builtin if builtin is not None else builtin_elements_dir())
+    return tuple(entries)
+
+
+def discover(paths: Sequence[Path]) -> Catalogue:
+    """Scan ``paths`` (earlier entries win) into a :class:`Catalogue`."""
+    found: Dict[str, Element] = {}
+    for entry in paths:
+        if not str(entry) or not entry.is_dir():
+            raise InvalidElementDir(
+                f"element search path entry '{entry}' is not a directory",
+                hint="check ELEMENTS_PATH: every colon-separated entry must be an existing "
+                     "directory (an empty entry comes from '::' or a trailing ':')")
+    for entry in reversed(list(paths)):
+        for child in sorted(entry.iterdir()):
+            if not child.is_dir():
+                continue
+            real = child.resolve()
+            element = load_element(real)
+            old = found.get(element.name)
+            if old is not None and old.path != real:
+                log.warning("element %s at %s overrides %s", element.name, real, old.path)
+            found[element.name] = element
+    return Catalogue(elements=dict(sorted(found.items())), search_path=tuple(paths))
+
+
+def hook_dirs(elements: Iterable[Element]) -> Tuple[str, ...]:
+    """All phase directories used by ``elements``, sorted."""
+    return tuple(sorted({d for e in elements for d in e.hooks}))

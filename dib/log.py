@@ -1,0 +1,111 @@
+"""Logging: a timestamped log file per build, a short console view, and timed steps.
+
+The console shows INFO and above (a progress line per phase and hook); the log file gets
+everything including every command's argv and output, each line timestamped. The only
+process-wide state is the logging configuration itself.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Optional, Tuple
+
+FILE_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-5s %(name)s: %(message)s"
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class _ConsoleFormatter(logging.Formatter):
+    def __init__(self, start: float) -> None:
+        super().__init__()
+        self.start = start
+
+    def format(self, record: logging.LogRecord) -> str:
+        elapsed = record.created - self.start
+        prefix = f"[{int(elapsed // 60):02d}:{elapsed % 60:04.1f}]"
+        msg = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            msg = f"{record.levelname.lower()}: {msg}"
+        return f"{prefix} {msg}"
+
+
+def setup(*, verbose: int = 0, quiet: bool = False, stream=None) -> None:
+    """Configure the root 'dib' logger for the console. Call once per process."""
+    root = logging.getLogger("dib")
+    root.setLevel(logging.DEBUG)
+    for h in list(root.handlers):
+        if getattr(h, "_dib_console", False):
+            root.removeHandler(h)
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler._dib_console = True  # type: ignore[attr-defined]
+    handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO))
+    handler.setFormatter(_ConsoleFormatter(time.time()))
+    root.addHandler(handler)
+
+
+@contextlib.contextmanager
+def logfile(path: Path) -> Iterator[Path]:
+    """Append everything (DEBUG) to ``path`` while the context is open."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, mode="a", encoding="utf-8")
+    handler.setLevel(logging.DEBUG)
+    handler.setFormatter(logging.Formatter(FILE_FORMAT, DATE_FORMAT))
+    root = logging.getLogger("dib")
+    root.setLevel(logging.DEBUG)
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
+
+
+@dataclass
+class Timings:
+    """Where the time went: (kind, name, seconds, extra) rows in the order they finished."""
+
+    rows: List[Tuple[str, str, float, dict]] = field(default_factory=list)
+
+    @contextlib.contextmanager
+    def measure(self, kind: str, name: str, **extra) -> Iterator[dict]:
+        start = time.monotonic()
+        info = dict(extra)
+        try:
+            yield info
+        finally:
+            self.rows.append((kind, name, time.monotonic() - start, info))
+
+    def of(self, kind: str) -> List[Tuple[str, float, dict]]:
+        return [(n, s, x) for k, n, s, x in self.rows if k == kind]
+
+    def table(self) -> str:
+        """A readable table of phase and script times, slowest scripts marked."""
+        lines = []
+        phases = self.of("phase")
+        scripts = self.of("script")
+        if phases:
+            total = sum(s for _, s, _ in self.of("build")) or sum(s for _, s, _ in phases)
+            lines.append(f"{'phase':<22}{'seconds':>9}{'share':>8}")
+            for name, secs, _ in phases:
+                share = f"{100 * secs / total:5.1f}%" if total else ""
+                lines.append(f"{name:<22}{secs:9.1f}{share:>8}")
+        if scripts:
+            lines.append("")
+            lines.append(f"{'script':<44}{'element':<24}{'seconds':>9}")
+            for name, secs, extra in scripts:
+                lines.append(f"{name:<44}{extra.get('element', ''):<24}{secs:9.1f}")
+        return "\n".join(lines)
+
+
+def step_logger(name: str) -> logging.Logger:
+    return logging.getLogger(f"dib.{name}")
+
+
+def tail_of(path: Optional[Path], lines: int = 20) -> str:
+    if path is None or not path.exists():
+        return ""
+    with open(path, errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
