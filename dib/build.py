@@ -1,0 +1,307 @@
+"""The build orchestrator: reads top to bottom like the data flow in docs/architecture.md.
+
+    resolve -> work dir -> hooks tree -> root.d (base layer) -> extra-data.d ->
+    pre-install.d / install.d (+ -p packages) / post-install.d in the chroot -> post-root.d ->
+    [block device] -> pre-finalise.d -> finalise.d -> cleanup.d -> outputs -> report
+
+Every resource is entered on one ExitStack (or a ``with`` nested in it) right after it is
+acquired; failure or a signal unwinds it, so nothing stays mounted or attached and no
+partial file appears at the output path.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import yaml
+
+from dib import __version__, chroot, cmd, element, hooks, interrupt, outputs, resolver
+from dib import log as dlog
+from dib.config import BuildConfig, ImageFormat, describe
+from dib.errors import ConfigError, DibError, NotYetSupported
+from dib.phases import BY_NAME, Phase
+from dib.runparts import PhaseContext, phase_environment, run_phase
+from dib.tree import LayeredTree
+from dib.workdir import Workdir, workdir
+
+log = logging.getLogger("dib.build")
+
+#: the caller's variables that never reach hooks
+DROPPED_ENV = {"TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PATH", "LD_PRELOAD",
+               "LD_LIBRARY_PATH", "PWD", "OLDPWD", "SHLVL", "_", "PS1", "PROMPT_COMMAND",
+               "BASH_ENV", "ENV"}
+
+#: phases whose steps run after the tree is complete, when there is no disk to build
+FINAL_PHASES = ("pre-finalise.d", "finalise.d", "cleanup.d")
+CHROOT_PHASES = ("extra-data.d", "pre-install.d", "install.d", "post-install.d", "post-root.d")
+
+
+@dataclass
+class BuildResult:
+    outputs: List[Path]
+    report: Path
+    logfile: Path
+
+
+@dataclass
+class _Build:
+    cfg: BuildConfig
+    res: resolver.Resolution
+    wd: Workdir
+    tree_hooks: hooks.HooksTree
+    env: Dict[str, str]
+    logfile: Path
+    timings: dlog.Timings
+    outputs: List[Path] = field(default_factory=list)
+
+    # -- phases ------------------------------------------------------------------------
+
+    def phase_env(self, phase: Phase, root: Path) -> Dict[str, str]:
+        env = dict(self.env)
+        if phase.target_root:
+            env["TARGET_ROOT"] = os.fspath(root)
+        if phase.in_chroot:
+            env["HOME"] = "/root"
+        return env
+
+    def context(self, name: str, root: Path) -> PhaseContext:
+        phase = BY_NAME[name]
+        return PhaseContext(phase, self.tree_hooks, self.phase_env(phase, root),
+                            root=root if phase.in_chroot else None, logfile=self.logfile,
+                            break_points=self.cfg.break_points)
+
+    def run(self, name: str, root: Path) -> None:
+        ctx = self.context(name, root)
+        self.maybe_break(f"before-{ctx.phase.short}", ctx)
+        with self.timings.measure("phase", name):
+            run_phase(ctx, self.timings,
+                      open_shell=lambda why: self.open_shell(why, ctx))
+        self.maybe_break(f"after-{ctx.phase.short}", ctx)
+
+    def has_work(self, name: str) -> bool:
+        phase = BY_NAME[name]
+        return bool(self.tree_hooks.scripts(name)) or any(
+            p in self.cfg.break_points for p in (f"before-{phase.short}", f"after-{phase.short}"))
+
+    # -- debugging -----------------------------------------------------------------------
+
+    def maybe_break(self, point: str, ctx: PhaseContext) -> None:
+        if point in self.cfg.break_points:
+            self.open_shell(point, ctx)
+
+    def open_shell(self, why: str, ctx: PhaseContext) -> None:
+        inside = ctx.phase.in_chroot and not self.cfg.env.get("break_outside_target")
+        shell = self.cfg.env.get("break_cmd") or "bash"
+        log.warning("break (%s): starting %s %s; exit the shell to continue", why, shell,
+                    f"in the chroot {ctx.root}" if inside else f"in {self.wd.base}")
+        env = phase_environment(ctx)
+        argv = shlex.split(shell)
+        if inside:
+            assert ctx.root is not None
+            argv = chroot.chroot_argv(ctx.root, argv)
+        cmd.run(argv, env=env, interactive=True, check=False,
+                cwd=None if inside else self.wd.base)
+
+    # -- steps -----------------------------------------------------------------------------
+
+    def install_extra_packages(self, root: Path) -> None:
+        if not self.cfg.packages:
+            return
+        if not (root / "usr/local/bin/install-packages").exists():
+            raise DibError("-p needs the install-packages command in the image",
+                           hint="include an element that provides it (the dpkg element, "
+                                "pulled in by the debian and ubuntu elements)")
+        log.info("installing -p packages: %s", " ".join(self.cfg.packages))
+        env = phase_environment(self.context("install.d", root))
+        with self.timings.measure("phase", "-p packages"):
+            cmd.run(chroot.chroot_argv(root, ["install-packages", *self.cfg.packages]), env=env)
+
+
+def _hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
+                      catalogue: element.Catalogue) -> Dict[str, str]:
+    """What every hook sees (dib-contract §b), before environment.d adds its part."""
+    env = {k: v for k, v in cfg.env.items() if k not in DROPPED_ENV and "%%" not in k}
+    paths = {n: os.fspath(res.elements[n].path) for n in res.order}
+    array = " ".join(f"[{n}]={p}" for n, p in paths.items())
+    root_label = cfg.root_label or ("img-rootfs" if cfg.fs_type == "xfs" else "cloudimg-rootfs")
+    env.update({
+        "PATH": f"{cmd.SAFE_PATH}:{wd.hooks}/bin",
+        "LANG": "C.UTF-8", "LC_ALL": "C",
+        "ARCH": cfg.arch,
+        "IMAGE_NAME": cfg.image_name,
+        "IMAGE_ELEMENT": " ".join(res.order),
+        "IMAGE_ELEMENT_YAML": yaml.safe_dump(paths, default_flow_style=False),
+        "BASH_FUNC_get_image_element_array%%": f'() {{  echo "{array}"\n}}',
+        "ELEMENTS_PATH": ":".join(os.fspath(p) for p in catalogue.search_path),
+        "TMP_BUILD_DIR": os.fspath(wd.base),
+        "TMP_IMAGE_DIR": os.fspath(wd.image),
+        "TMP_HOOKS_PATH": os.fspath(wd.hooks),
+        "TMP_MOUNT_PATH": os.fspath(wd.mnt),
+        "DIB_IMAGE_CACHE": os.fspath(cfg.image_cache),
+        "DIB_LOCKFILES": os.fspath(cfg.image_cache / "lockfiles"),
+        "DIB_OFFLINE": "1" if cfg.offline else "",
+        "DIB_DEBUG_TRACE": str(cfg.trace),
+        "DIB_PYTHON_EXEC": sys.executable,
+        "DIB_ARGS": shlex.join(cfg.argv),
+        "DIB_ENV": "".join(f"export {k}={shlex.quote(v)}\n"
+                           for k, v in sorted(cfg.env.items()) if k.startswith("DIB_")),
+        "DIB_ROOT_LABEL": root_label,
+        "DIB_ROOT_FSTYPE": cfg.fs_type,
+        "FS_TYPE": cfg.fs_type,
+        "DIB_CHECKSUM": ",".join(cfg.checksums) or "0",
+        "DIB_NO_TMPFS": "0" if cfg.use_tmpfs else "1",
+        "DIB_MIN_TMPFS": f"{cfg.min_tmpfs_gib:g}",
+        "DIB_DEFAULT_INSTALLTYPE": cfg.install_type,
+    })
+    return env
+
+
+def _check_host(cfg: BuildConfig) -> None:
+    if os.geteuid() != 0:
+        raise DibError("disk-image-create needs root: it mounts, chroots and attaches loop "
+                       "devices", hint="run it with sudo")
+    cmd.require_tools("mount", "umount", "chroot", "tar", "bash",
+                      package_hint={"chroot": "coreutils", "mount": "mount"})
+    if cfg.break_points and not sys.stdin.isatty():
+        raise ConfigError(f"break={','.join(cfg.break_points)} opens a debug shell, "
+                          "but standard input is not a terminal",
+                          hint="run the build from an interactive terminal, or unset break")
+
+
+def _not_empty(root: Path) -> bool:
+    return any(p.name not in ("lost+found", "tmp", "proc", "sys", "dev") for p in root.iterdir())
+
+
+def _finish_tree(root: Path) -> None:
+    """What every image gets after cleanup.d: its own resolv.conf back, no hook mount point."""
+    chroot.restore_resolv_conf(root)
+    with contextlib.suppress(OSError):
+        (root / chroot.IN_TARGET).rmdir()
+
+
+def _run_steps(b: _Build, tree: LayeredTree) -> None:
+    """root.d through post-root.d."""
+    with tree.base() as mnt:
+        b.run("root.d", mnt)
+        if not _not_empty(mnt):
+            raise DibError("root.d left the tree empty: no element created the root filesystem",
+                           hint="the operating-system element's root.d must populate "
+                                "$TARGET_ROOT")
+        chroot.install_host_resolv_conf(mnt)
+    for name in CHROOT_PHASES:
+        extra = name == "install.d" and b.cfg.packages
+        if not (b.has_work(name) or extra):
+            continue
+        with tree.step(name) as mnt, chroot.chroot_mounts(mnt, b.wd.hooks):
+            b.run(name, mnt)
+            if extra:
+                b.install_extra_packages(mnt)
+
+
+def _finalise_tree_only(b: _Build, tree: LayeredTree) -> None:
+    """No disk output: the final phases run on the tree itself (no block device)."""
+    if b.tree_hooks.scripts("block-device.d"):
+        log.info("no disk output requested: block-device.d skipped")
+    for name in FINAL_PHASES:
+        if b.has_work(name):
+            with tree.step(name) as mnt, chroot.chroot_mounts(mnt, b.wd.hooks):
+                b.run(name, mnt)
+    with tree.step("finish") as mnt:
+        _finish_tree(mnt)
+
+
+def _write_archives(b: _Build, tree: LayeredTree, stack: contextlib.ExitStack) -> None:
+    archives = [f for f in b.cfg.formats if not f.is_disk]
+    if not archives:
+        return
+    with tree.view(b.wd.built) as view:
+        for fmt in archives:
+            dest = b.cfg.output_path(fmt)
+            log.info("writing %s", dest)
+            with b.timings.measure("output", fmt.value), \
+                    outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
+                outputs.write_tar(view, tmp, gzip=fmt is ImageFormat.TGZ)
+            b.outputs.append(dest)
+            b.outputs.extend(outputs.write_checksums(dest, b.cfg.checksums))
+
+
+def build_image(cfg: BuildConfig) -> BuildResult:
+    """Build the image ``cfg`` describes. Raises DibError on anything the user can fix."""
+    catalogue = element.discover(element.search_path(cfg.elements_path))
+    names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base, arch=cfg.arch)
+    res = resolver.resolve(names, catalogue)
+    disk = [f.value for f in cfg.formats if f.is_disk]
+    if disk:
+        raise NotYetSupported(f"output type(s) {', '.join(disk)} need the block-device layer, "
+                              "which has not landed yet", hint="use -t tar or -t tgz for now")
+    _check_host(cfg)
+
+    cfg.report_dir.mkdir(parents=True, exist_ok=True)
+    logfile = cfg.logfile or cfg.report_dir / "build.log"
+    report_path = cfg.report_dir / "build-report.json"
+    timings = dlog.Timings()
+    started = time.time()
+    status, error = "failed", None
+    b: Optional[_Build] = None
+    with dlog.logfile(logfile), interrupt.signals_raise() as guard:
+        log.info("dib %s: %s", __version__, describe(cfg))
+        log.info("elements: %s", " ".join(res.order))
+        log.info("log file: %s", logfile)
+        stack = contextlib.ExitStack()
+        try:
+            with timings.measure("build", "total"):
+                wd = stack.enter_context(workdir(cfg.tmp_dir, use_tmpfs=cfg.use_tmpfs,
+                                                 min_tmpfs_gib=cfg.min_tmpfs_gib,
+                                                 keep=cfg.keep_workdir))
+                b = _Build(cfg, res, wd, hooks.assemble(res, wd.hooks),
+                           _hook_environment(cfg, res, wd, catalogue), logfile, timings)
+                tree = LayeredTree(wd.layers, wd.mnt)
+                _run_steps(b, tree)
+                _finalise_tree_only(b, tree)
+                _write_archives(b, tree, stack)
+            status = "ok"
+        except DibError as exc:
+            error = str(exc)
+            raise
+        except BaseException as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            with guard.unwinding():
+                stack.close()
+            if status == "ok":
+                log.info("where the time went:\n%s", timings.table())
+            _write_report(report_path, cfg, res, timings, b.outputs if b else [], status,
+                          error, logfile, time.time() - started)
+    log.info("build completed successfully")
+    return BuildResult(b.outputs if b else [], report_path, logfile)
+
+
+def _write_report(path: Path, cfg: BuildConfig, res: resolver.Resolution,
+                  timings: dlog.Timings, outs: List[Path], status: str,
+                  error: Optional[str], logfile: Path, seconds: float) -> None:
+    report = {
+        "dib_version": __version__,
+        "status": status,
+        "error": error,
+        "argv": list(cfg.argv),
+        "elements": list(res.order),
+        "requested": list(cfg.elements),
+        "arch": cfg.arch,
+        "seconds": round(seconds, 3),
+        "phases": [{"phase": n, "seconds": round(s, 3)} for n, s, _ in timings.of("phase")],
+        "scripts": [{"script": n, "element": x.get("element"), "seconds": round(s, 3)}
+                    for n, s, x in timings.of("script")],
+        "outputs": [{"path": os.fspath(p), "bytes": p.stat().st_size}
+                    for p in outs if p.exists()],
+        "log": os.fspath(logfile),
+    }
+    path.write_text(json.dumps(report, indent=2) + "\n")
