@@ -62,6 +62,10 @@ class _Build:
     timings: dlog.Timings
     outputs: List[Path] = field(default_factory=list)
 
+    @property
+    def chroot_cache(self) -> Path:
+        return self.cfg.image_cache / "chroot"
+
     # -- phases ------------------------------------------------------------------------
 
     def phase_env(self, phase: Phase, root: Path) -> Dict[str, str]:
@@ -147,6 +151,7 @@ def _hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
         "TMP_MOUNT_PATH": os.fspath(wd.mnt),
         "DIB_IMAGE_CACHE": os.fspath(cfg.image_cache),
         "DIB_LOCKFILES": os.fspath(cfg.image_cache / "lockfiles"),
+        "DIB_CHROOT_CACHE": "/" + chroot.CHROOT_CACHE,
         "DIB_OFFLINE": "1" if cfg.offline else "",
         "DIB_DEBUG_TRACE": str(cfg.trace),
         "DIB_PYTHON_EXEC": sys.executable,
@@ -183,8 +188,9 @@ def _not_empty(root: Path) -> bool:
 def _finish_tree(root: Path) -> None:
     """What every image gets after cleanup.d: its own resolv.conf back, no hook mount point."""
     chroot.restore_resolv_conf(root)
-    with contextlib.suppress(OSError):
-        (root / chroot.IN_TARGET).rmdir()
+    for mountpoint in (chroot.IN_TARGET, chroot.CHROOT_CACHE):
+        with contextlib.suppress(OSError):
+            (root / mountpoint).rmdir()
 
 
 def _run_steps(b: _Build, tree: LayeredTree) -> None:
@@ -200,7 +206,7 @@ def _run_steps(b: _Build, tree: LayeredTree) -> None:
         extra = name == "install.d" and b.cfg.packages
         if not (b.has_work(name) or extra):
             continue
-        with tree.step(name) as mnt, chroot.chroot_mounts(mnt, b.wd.hooks):
+        with tree.step(name) as mnt, chroot.chroot_mounts(mnt, b.wd.hooks, b.chroot_cache):
             b.run(name, mnt)
             if extra:
                 b.install_extra_packages(mnt)
@@ -212,7 +218,7 @@ def _finalise_tree_only(b: _Build, tree: LayeredTree) -> None:
         log.info("no disk output requested: block-device.d skipped")
     for name in FINAL_PHASES:
         if b.has_work(name):
-            with tree.step(name) as mnt, chroot.chroot_mounts(mnt, b.wd.hooks):
+            with tree.step(name) as mnt, chroot.chroot_mounts(mnt, b.wd.hooks, b.chroot_cache):
                 b.run(name, mnt)
     with tree.step("finish") as mnt:
         _finish_tree(mnt)

@@ -11,20 +11,27 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Optional
 
 from dib import mounts
 
 log = logging.getLogger("dib.chroot")
 
 IN_TARGET = "tmp/in_target.d"
+#: where the host's cache directory appears in the chroot (exported as DIB_CHROOT_CACHE)
+CHROOT_CACHE = "tmp/dib-cache"
 
 
 @contextlib.contextmanager
-def chroot_mounts(root: Path, hooks: Path) -> Iterator[Path]:
-    """Make ``root`` usable as a chroot for hooks; yields ``root``."""
+def chroot_mounts(root: Path, hooks: Path, cache: Optional[Path] = None) -> Iterator[Path]:
+    """Make ``root`` usable as a chroot for hooks; yields ``root``.
+
+    ``cache``, a host directory, is bind-mounted writable at ``/tmp/dib-cache`` so that
+    elements can keep downloads (e.g. .deb files) across builds without baking them into
+    the image.
+    """
     with contextlib.ExitStack() as stack:
-        for sub in ("proc", "sys", "dev", IN_TARGET):
+        for sub in ("proc", "sys", "dev", IN_TARGET) + ((CHROOT_CACHE,) if cache else ()):
             (root / sub).mkdir(parents=True, exist_ok=True)
         stack.enter_context(mounts.mounted("proc", root / "proc", fstype="proc"))
         stack.enter_context(mounts.mounted("sysfs", root / "sys", fstype="sysfs",
@@ -33,6 +40,9 @@ def chroot_mounts(root: Path, hooks: Path) -> Iterator[Path]:
         stack.enter_context(mounts.mounted("/dev/pts", root / "dev" / "pts", bind=True))
         stack.enter_context(mounts.mounted(os.fspath(hooks), root / IN_TARGET, bind=True,
                                            options=("ro",)))
+        if cache is not None:
+            cache.mkdir(parents=True, exist_ok=True)
+            stack.enter_context(mounts.mounted(os.fspath(cache), root / CHROOT_CACHE, bind=True))
         # registered last, so it runs first on the way out: nothing may keep the mounts busy
         stack.callback(mounts.kill_processes_in, root)
         yield root

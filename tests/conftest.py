@@ -1,0 +1,41 @@
+"""Shared pytest setup: tiers by directory, capability-based skips, leak checks.
+
+* tests/unit         pure Python, no root
+* tests/integration  root: chroot, mounts, loop devices on tiny trees (skipped without them)
+* tests/e2e          real Debian builds from the mirror, booted under qemu TCG
+"""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from tests.lib import caps  # noqa: E402
+
+TEST_ELEMENTS = ROOT / "tests" / "elements"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(ROOT).parts
+        tier = parts[1] if len(parts) > 2 else ""
+        if tier == "integration":
+            item.add_marker(pytest.mark.root)
+            if not caps.can_mount():
+                item.add_marker(pytest.mark.skip(reason="needs mount capability (root)"))
+        elif tier == "e2e":
+            item.add_marker(pytest.mark.e2e)
+            if not (caps.can_mount() and caps.can_loop()):
+                item.add_marker(pytest.mark.skip(reason="needs mount and loop devices (root)"))
+            elif not caps.can_reach_mirror():
+                item.add_marker(pytest.mark.skip(reason="the Debian mirror is not reachable"))
+
+
+@pytest.fixture
+def test_elements() -> Path:
+    return TEST_ELEMENTS
