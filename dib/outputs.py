@@ -24,7 +24,10 @@ log = logging.getLogger("dib.outputs")
 #: xattrs and ACLs kept, no atime/ctime in the headers
 TAR_FLAGS = ("--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--sort=name",
              "--format=posix", "--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,"
-             "delete=ctime", "--one-file-system")
+             "delete=ctime")
+
+#: qemu-img's name for each disk format dib writes
+QEMU_FORMATS = {"qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk", "vhd": "vpc", "vdi": "vdi"}
 
 
 @contextlib.contextmanager
@@ -61,6 +64,29 @@ def write_tar(tree: Path, dest: Path, *, gzip: bool = False) -> None:
         argv.append(f"--use-compress-program={compressor}")
     argv += ["-C", os.fspath(tree), "-cf", os.fspath(dest), "."]
     cmd.run(argv)
+
+
+def qemu_img_convert_argv(raw: Path, fmt: str, dest: Path, *, compress: bool,
+                          options: str = "", compression_type: str = "") -> List[str]:
+    """The ``qemu-img convert`` command for one disk format.
+
+    qcow2 is compressed unless ``compress`` is off (``-u``); the compression is spread over
+    several coroutines writing out of order (``-m 8 -W``), which on a multi-core host makes it
+    several times faster than dib's single-threaded ``-c`` while producing the same zlib
+    clusters every qcow2 reader understands. ``compression_type`` (``zstd``) is opt-in.
+    """
+    argv: List[str] = ["qemu-img", "convert", "-f", "raw", "-O", QEMU_FORMATS[fmt]]
+    opts = [o for o in options.split(",") if o]
+    if fmt == "qcow2":
+        if compress:
+            argv.append("-c")
+            if compression_type and not any(o.startswith("compression_type=") for o in opts):
+                opts.append(f"compression_type={compression_type}")
+        argv += ["-m", "8", "-W"]
+    if opts:
+        argv += ["-o", ",".join(opts)]
+    argv += [os.fspath(raw), os.fspath(dest)]
+    return argv
 
 
 def write_checksums(image: Path, algorithms: Sequence[str]) -> List[Path]:
