@@ -43,51 +43,65 @@ def _guarded(main: Callable[[List[str]], int], argv: Optional[Sequence[str]]) ->
 def _element_info_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="element-info",
-        description="Resolve elements the way disk-image-create does, or list what is available.")
-    p.add_argument("elements", nargs="*", metavar="ELEMENT")
+        description="Resolve elements the way disk-image-create does (without adding 'base' "
+                    "or a block-device element), or list what is available. Elements are "
+                    "looked up in ELEMENTS_PATH (colon separated, earlier entries win), then "
+                    "in the built-in elements.",
+        epilog="Output is the same whatever the order of the ELEMENT arguments: dependencies "
+               "come before the elements that need them, ties in name order.")
+    p.add_argument("elements", nargs="*", metavar="ELEMENT",
+                   help="elements to resolve (repeating one is harmless)")
     p.add_argument("-d", "--expand-dependencies", action="store_true",
                    help="accepted for compatibility with old diskimage-builder; expansion is "
                         "always on")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("-e", "--env", action="store_true",
-                      help="print IMAGE_ELEMENT / IMAGE_ELEMENT_YAML exports")
+                      help="print the IMAGE_ELEMENT and IMAGE_ELEMENT_YAML exports and the "
+                           "get_image_element_array function, as diskimage-builder does")
     mode.add_argument("--list", action="store_true",
-                      help="list every available element, where it comes from, and its summary")
-    mode.add_argument("--graph", action="store_true", help="print the dependency graph in DOT")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
-    p.add_argument("--debug", action="store_true", help="show tracebacks")
+                      help="list every available element: name, path and the first line of "
+                           "its README (takes no ELEMENT)")
+    mode.add_argument("--graph", action="store_true",
+                      help="print the resolved dependency graph in DOT (A -> B: A depends on B)")
+    p.add_argument("--json", action="store_true",
+                   help="print JSON instead: with --list, a list of {name, path, summary, deps, "
+                        "provides, overrides}; otherwise the resolution {requested, order, "
+                        "provided, elements: [{name, path, deps, provides, requires}]}, which "
+                        "holds everything --env and --graph show (so --json wins over them)")
+    p.add_argument("--debug", action="store_true", help="debug logging; tracebacks on errors")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
 def _element_info(argv: List[str]) -> int:
-    from dib import element, resolver
+    from dib import element, log as dlog, resolver
 
     parser = _element_info_parser()
     args = parser.parse_args(argv)
-    from dib import log as dlog
-    dlog.setup(quiet=False)
+    if args.list and args.elements:
+        parser.error("--list takes no ELEMENT arguments")
+    if not args.list and not args.elements:
+        parser.error("at least one ELEMENT is required (or --list)")
+    dlog.setup(verbose=1 if args.debug else 0)
     catalogue = element.discover(element.search_path(os.environ.get("ELEMENTS_PATH")))
     if args.list:
         rows = [{"name": e.name, "path": str(e.path), "summary": e.summary,
-                 "provides": list(e.provides), "deps": list(e.deps)}
+                 "deps": list(e.deps), "provides": list(e.provides),
+                 "overrides": [str(p) for p in catalogue.overridden.get(e.name, ())]}
                 for e in catalogue.elements.values()]
         if args.json:
             print(json.dumps(rows, indent=2))
-        else:
-            width = max((len(r["name"]) for r in rows), default=0)
-            for r in rows:
-                print(f"{r['name']:<{width}}  {r['path']}")
-                if r["summary"]:
-                    print(f"{'':<{width}}  {r['summary']}")
+            return 0
+        name_w = max((len(r["name"]) for r in rows), default=0)
+        path_w = max((len(r["path"]) for r in rows), default=0)
+        for r in rows:
+            print(f"{r['name']:<{name_w}}  {r['path']:<{path_w}}  {r['summary']}".rstrip())
         return 0
-    if not args.elements:
-        parser.error("at least one ELEMENT is required (or --list)")
     res = resolver.resolve(args.elements, catalogue)
-    if args.graph:
-        print(resolver.to_dot(res), end="")
-    elif args.json:
+    if args.json:
         print(resolver.to_json(res), end="")
+    elif args.graph:
+        print(resolver.to_dot(res), end="")
     elif args.env:
         print(resolver.env_exports(res), end="")
     else:
@@ -96,7 +110,12 @@ def _element_info(argv: List[str]) -> int:
 
 
 def element_info(argv: Optional[Sequence[str]] = None) -> int:
-    return _guarded(_element_info, argv)
+    try:
+        return _guarded(_element_info, argv)
+    except BrokenPipeError:  # e.g. `element-info --list | head`: the reader went away
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush is silent
+        return 141  # 128 + SIGPIPE, as a shell reports it
 
 
 # -- disk-image-create ------------------------------------------------------------------------

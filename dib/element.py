@@ -18,7 +18,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Mapping, Optional, Sequence, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 from dib.errors import InvalidElementDir
 
@@ -37,7 +37,7 @@ def _read_list(path: Path) -> Tuple[str, ...]:
     Repeated names are kept once, in first-seen order.
     """
     try:
-        text = path.read_text()
+        text = path.read_text(errors="replace")
     except FileNotFoundError:
         return ()
     names: Dict[str, None] = {}
@@ -46,6 +46,23 @@ def _read_list(path: Path) -> Tuple[str, ...]:
         if line and not line.startswith("#"):
             names[line] = None
     return tuple(names)
+
+
+_ADORNMENT = re.compile(r"^([=\-~^*#+`:.'\"_])\1*$")
+
+
+def _first_prose_line(lines: Sequence[str]) -> str:
+    for i, line in enumerate(lines):
+        text = line.strip()
+        if not text or _ADORNMENT.match(text) or re.match(r"\.\.(\s|$)", text):
+            continue
+        if text.startswith("#"):  # a Markdown heading
+            continue
+        nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
+        if _ADORNMENT.match(nxt):  # a section title
+            continue
+        return text
+    return ""
 
 
 def run_parts_key(name: str) -> Tuple[int, bytes]:
@@ -65,20 +82,18 @@ class Element:
 
     @property
     def summary(self) -> str:
-        """The first non-empty, non-heading line of README.rst (or '')."""
-        readme = self.path / "README.rst"
-        try:
-            lines = readme.read_text(errors="replace").splitlines()
-        except OSError:
-            return ""
-        for i, line in enumerate(lines):
-            text = line.strip()
-            if not text or set(text) <= set("=-~^*#+`:.'\"_"):
+        """The first line of prose in README.rst (or README.md), or ''.
+
+        Section titles (a line with an adornment line under it), adornment lines, and rst
+        comments or directives (``.. x``) are skipped, so ``vm``'s README gives
+        "Sets up a partitioned disk (rather than building just one filesystem with no".
+        """
+        for readme in ("README.rst", "README.md"):
+            try:
+                lines = (self.path / readme).read_text(errors="replace").splitlines()
+            except OSError:
                 continue
-            nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
-            if nxt and set(nxt) <= set("=-~^*#+`:.'\"_") and text == self.name:
-                continue  # the title line is just the element name
-            return text
+            return _first_prose_line(lines)
         return ""
 
     def environment_files(self) -> Tuple[Path, ...]:
@@ -113,6 +128,8 @@ class Catalogue:
 
     elements: Mapping[str, Element]
     search_path: Tuple[Path, ...]
+    #: name -> paths of the same-named elements that the winner replaced, nearest first
+    overridden: Mapping[str, Tuple[Path, ...]] = field(default_factory=dict)
 
     def __contains__(self, name: object) -> bool:
         return name in self.elements
@@ -138,32 +155,73 @@ def builtin_elements_dir() -> Path:
 
 
 def search_path(elements_path: Optional[str], builtin: Optional[Path] = None) -> Tuple[Path, ...]:
-    """``ELEMENTS_PATH`` entries (colon separated, earlier wins) followed by the built-ins."""
-    entries = [Path(p) for p in elements_path.split(":")] if elements_path else []
-    entries.append(builtin if builtin is not None else builtin_elements_dir())
+    """``ELEMENTS_PATH`` entries (colon separated, earlier wins) followed by the built-ins.
+
+    An empty component (``a::b``, a leading or trailing ``:``) is an error, as in
+    diskimage-builder. The built-in directory is left out when it does not exist (an install
+    that ships no elements), so it never causes a "not a directory" error of its own.
+    """
+    entries: List[Path] = []
+    if elements_path:
+        for part in elements_path.split(":"):
+            if not part:
+                raise InvalidElementDir(
+                    f"ELEMENTS_PATH entry '' is not a directory (ELEMENTS_PATH={elements_path!r})",
+                    hint="remove the empty entry: a '::', or a leading or trailing ':'")
+            entries.append(Path(part))
+    builtin = builtin if builtin is not None else builtin_elements_dir()
+    if builtin.is_dir():
+        entries.append(builtin)
+    else:
+        log.debug("no built-in elements directory at %s", builtin)
     return tuple(entries)
 
 
+def _is_element_dir(child: Path) -> bool:
+    """Sub-directories are elements, except hidden ones and ``__pycache__`` (dib's own
+    elements directory holds a ``__pycache__``, which dib registers as an element)."""
+    return child.is_dir() and not child.name.startswith(".") and child.name != "__pycache__"
+
+
 def discover(paths: Sequence[Path]) -> Catalogue:
-    """Scan ``paths`` (earlier entries win) into a :class:`Catalogue`."""
-    found: Dict[str, Element] = {}
+    """Scan ``paths`` (earlier entries win) into a :class:`Catalogue`.
+
+    Every entry is checked before any is scanned: one that is not a directory is an error even
+    when every element could be found elsewhere.
+    """
+    paths = tuple(paths)
     for entry in paths:
-        if not str(entry) or not entry.is_dir():
+        if not entry.is_dir():
             raise InvalidElementDir(
                 f"element search path entry '{entry}' is not a directory",
                 hint="check ELEMENTS_PATH: every colon-separated entry must be an existing "
-                     "directory (an empty entry comes from '::' or a trailing ':')")
-    for entry in reversed(list(paths)):
-        for child in sorted(entry.iterdir()):
-            if not child.is_dir():
+                     "directory")
+    found: Dict[str, Element] = {}
+    overridden: Dict[str, List[Path]] = {}
+    for entry in reversed(paths):  # later entries first, so earlier ones replace them
+        try:
+            children = sorted(entry.iterdir())
+        except OSError as exc:
+            raise InvalidElementDir(f"cannot read element search path entry '{entry}': "
+                                    f"{exc.strerror or exc}") from exc
+        for child in children:
+            if not _is_element_dir(child):
                 continue
             real = child.resolve()
-            element = load_element(real)
-            old = found.get(element.name)
-            if old is not None and old.path != real:
+            old = found.get(real.name)
+            if old is not None and old.path == real:
+                continue  # the same directory reached twice
+            try:
+                element = load_element(real)
+            except OSError as exc:
+                raise InvalidElementDir(f"cannot read element '{real.name}' at {real}: "
+                                        f"{exc.strerror or exc}") from exc
+            if old is not None:
                 log.warning("element %s at %s overrides %s", element.name, real, old.path)
+                overridden.setdefault(element.name, []).insert(0, old.path)
             found[element.name] = element
-    return Catalogue(elements=dict(sorted(found.items())), search_path=tuple(paths))
+    return Catalogue(elements=dict(sorted(found.items())), search_path=paths,
+                     overridden={k: tuple(v) for k, v in sorted(overridden.items())})
 
 
 def hook_dirs(elements: Iterable[Element]) -> Tuple[str, ...]:
