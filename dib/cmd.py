@@ -150,6 +150,31 @@ def run(argv: Sequence[Arg], *, env: Optional[Mapping[str, str]] = None,
     return result
 
 
+@contextlib.contextmanager
+def background(argv: Sequence[Arg], *, stdout_path: Optional[Arg] = None,
+               env: Optional[Mapping[str, str]] = None) -> Iterator[subprocess.Popen]:
+    """Start ``argv`` and yield its Popen; leaving the context kills its process group.
+
+    For long-running programs that are watched rather than waited for (a VM under test).
+    Output goes to ``stdout_path`` (or /dev/null).
+    """
+    args = [os.fspath(a) for a in argv]
+    log.debug("$ %s &", shlex.join(args))
+    out = open(stdout_path, "wb") if stdout_path is not None else subprocess.DEVNULL
+    try:
+        proc = subprocess.Popen(args, env=dict(env) if env is not None else base_env(),
+                                stdin=subprocess.DEVNULL, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            yield proc
+        finally:
+            if proc.poll() is None:
+                _kill(proc)
+    finally:
+        if out is not subprocess.DEVNULL:
+            out.close()
+
+
 def output(argv: Sequence[Arg], **kwargs) -> str:
     """Run and return stdout, stripped."""
     return run(argv, capture=True, **kwargs).stdout.strip()
