@@ -356,7 +356,8 @@ def _convert_disks(b: _Build, raw: Path) -> None:
                 cmd.run(outputs.qemu_img_convert_argv(
                     raw, fmt.value, tmp, compress=b.cfg.compress,
                     options=b.cfg.qemu_img_options,
-                    compression_type=b.cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE", "")))
+                    compression_type=b.cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE")
+                    or outputs.DEFAULT_COMPRESSION_TYPE))
         b.add_output(dest)
 
 
@@ -409,7 +410,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                 log.info("where the time went:\n%s", timings.table())
             _write_report(report_path, cfg, res, timings, b.outputs if b else [], status,
                           error, logfile, time.time() - started)
-    log.info("build completed successfully")
+        log.info("build completed successfully")
     return BuildResult(b.outputs if b else [], report_path, logfile)
 
 

@@ -46,13 +46,25 @@ def setup(*, verbose: int = 0, quiet: bool = False, stream=None) -> None:
     root.addHandler(handler)
 
 
+class _FileFormatter(logging.Formatter):
+    """Every line of a multi-line message gets the timestamp prefix (grep-friendly)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if "\n" not in text:
+            return text
+        first, *rest = text.split("\n")
+        prefix = f"{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d} ..... "
+        return "\n".join([first] + [prefix + line for line in rest])
+
+
 @contextlib.contextmanager
 def logfile(path: Path) -> Iterator[Path]:
     """Append everything (DEBUG) to ``path`` while the context is open."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setLevel(logging.DEBUG)
-    handler.setFormatter(logging.Formatter(FILE_FORMAT, DATE_FORMAT))
+    handler.setFormatter(_FileFormatter(FILE_FORMAT, DATE_FORMAT))
     root = logging.getLogger("dib")
     root.setLevel(logging.DEBUG)
     root.addHandler(handler)

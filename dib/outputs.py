@@ -50,10 +50,23 @@ def atomic_output(dest: Path, overwrite: bool) -> Iterator[Path]:
         for ext in (".md5", ".sha256"):
             old = Path(f"{dest}{ext}")
             if old.exists():
-                os.replace(old, Path(f"{aside}{ext}"))
+                _move_checksum(old, Path(f"{aside}{ext}"), dest.name, aside.name)
         log.info("kept the previous %s as %s", dest.name, aside.name)
     os.chmod(tmp, 0o644)
     os.replace(tmp, dest)
+
+
+def _move_checksum(old: Path, new: Path, name: str, new_name: str) -> None:
+    """Move a checksum file aside with its image, renaming the image inside it too (so
+    ``sha256sum -c`` still checks the kept image, not the new one)."""
+    lines = []
+    for line in old.read_text().splitlines():
+        digest, sep, named = line.partition("  ")
+        if sep and os.path.basename(named) == name:
+            named = os.path.join(os.path.dirname(named), new_name)
+        lines.append(f"{digest}{sep}{named}")
+    new.write_text("".join(f"{line}\n" for line in lines))
+    old.unlink()
 
 
 def write_tar(tree: Path, dest: Path, *, gzip: bool = False) -> None:
@@ -66,14 +79,22 @@ def write_tar(tree: Path, dest: Path, *, gzip: bool = False) -> None:
     cmd.run(argv)
 
 
+#: qcow2 cluster compression. zstd is ~6x faster than zlib at a slightly smaller size
+#: (measured on a 1.8 GiB Debian image: zlib 41 s / 505 MiB, zstd 6.9 s / 489 MiB; with
+#: -m 8 -W 29 s and 4.1 s) and every QEMU since 5.1 (2020) reads it. For older readers set
+#: DIB_QCOW2_COMPRESSION_TYPE=zlib.
+DEFAULT_COMPRESSION_TYPE = "zstd"
+
+
 def qemu_img_convert_argv(raw: Path, fmt: str, dest: Path, *, compress: bool,
-                          options: str = "", compression_type: str = "") -> List[str]:
+                          options: str = "",
+                          compression_type: str = DEFAULT_COMPRESSION_TYPE) -> List[str]:
     """The ``qemu-img convert`` command for one disk format.
 
-    qcow2 is compressed unless ``compress`` is off (``-u``); the compression is spread over
-    several coroutines writing out of order (``-m 8 -W``), which on a multi-core host makes it
-    several times faster than dib's single-threaded ``-c`` while producing the same zlib
-    clusters every qcow2 reader understands. ``compression_type`` (``zstd``) is opt-in.
+    qcow2 is compressed unless ``compress`` is off (``-u``), with ``compression_type``
+    (default zstd), by several coroutines writing out of order (``-m 8 -W``), so the
+    compression uses every core instead of dib's single-threaded zlib. A
+    ``compression_type`` in ``options`` (``--qemu-img-options``) wins.
     """
     argv: List[str] = ["qemu-img", "convert", "-f", "raw", "-O", QEMU_FORMATS[fmt]]
     opts = [o for o in options.split(",") if o]
