@@ -54,7 +54,8 @@ class _FileFormatter(logging.Formatter):
         if "\n" not in text:
             return text
         first, *rest = text.split("\n")
-        prefix = f"{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d} ..... "
+        prefix = (f"{self.formatTime(record, self.datefmt)}.{int(record.msecs):03d} "
+                  f"{record.levelname:<5} {record.name}: ")
         return "\n".join([first] + [prefix + line for line in rest])
 
 
