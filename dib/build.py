@@ -63,6 +63,8 @@ class _Build:
     logfile: Path
     timings: dlog.Timings
     outputs: List[Path] = field(default_factory=list)
+    #: the disk has an EFI system partition (set by _build_disk)
+    has_esp: bool = False
 
     @property
     def chroot_cache(self) -> Path:
@@ -279,6 +281,9 @@ def _tree_bytes(tree: Path) -> int:
     return int(cmd.output(["du", "-sx", "--block-size=1", tree]).split()[0])
 
 
+#: partition types of an EFI system partition (sgdisk code, GPT GUID, MBR type)
+ESP_TYPES = {"EF00", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0XEF", "EF"}
+
 #: filesystem overhead beyond the files themselves: metadata, journal, reserved blocks
 FS_OVERHEAD = 0.12
 FS_FIXED = 96 << 20
@@ -314,6 +319,8 @@ def _build_disk(b: _Build, tree: LayeredTree, config_text: str) -> None:
         size = image_size(cfg, tree_bytes, config)
         params = blockdev.Params(**{**probe.__dict__, "image_size": size})
         config = blockdev.load_config(config_text, params)
+        b.has_esp = any(str(p.type).upper() in ESP_TYPES for spec in config.ordered()
+                        if isinstance(spec, PartitioningSpec) for p in spec.partitions)
         log.info("disk: %d MiB for a %d MiB tree", size >> 20, tree_bytes >> 20)
         with b.timings.measure("phase", "(block device)"):
             state = blockdev.BlockDevice(config, params).create(disk)
@@ -411,7 +418,33 @@ def build_image(cfg: BuildConfig) -> BuildResult:
             _write_report(report_path, cfg, res, timings, b.outputs if b else [], status,
                           error, logfile, time.time() - started)
         log.info("build completed successfully")
+        if cfg.boot_test:
+            _boot_test(cfg, uefi=bool(b and b.has_esp), timings=timings)
     return BuildResult(b.outputs if b else [], report_path, logfile)
+
+
+def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
+    """Boot the first disk output (under UEFI when the disk has an ESP, unless
+    DIB_BOOT_TEST_FIRMWARE=bios); raise DibError unless the console shows the pattern(s)."""
+    from dib import boottest
+
+    fmt = next(f for f in cfg.formats if f.is_disk)
+    image = cfg.output_path(fmt)
+    expect = [cfg.env["DIB_BOOT_TEST_EXPECT"]] if cfg.env.get("DIB_BOOT_TEST_EXPECT") \
+        else list(boottest.DEFAULT_EXPECT)
+    uefi = uefi and cfg.env.get("DIB_BOOT_TEST_FIRMWARE") != "bios"
+    workdir = cfg.report_dir / "boot-test"
+    with timings.measure("phase", "(boot test)"):
+        result = boottest.boot(image, workdir, image_format=fmt.value, uefi=uefi, expect=expect,
+                               timeout=float(cfg.env.get("DIB_BOOT_TEST_TIMEOUT", "300")))
+    if not result.passed:
+        tail = "\n".join(result.serial_text().replace("\r", "").splitlines()[-15:])
+        raise DibError(f"boot test failed: {result.failure} ({'UEFI' if uefi else 'BIOS'}, "
+                       f"{result.accel}, {result.seconds:.0f} s)\nlast console lines:\n{tail}",
+                       hint=f"the image is {image}; the whole console log is "
+                            f"{result.serial_log}")
+    log.info("boot test passed: %s after %.0f s (%s, %s)", ", ".join(result.seen),
+             result.seconds, "UEFI" if uefi else "BIOS", result.accel)
 
 
 def _write_report(path: Path, cfg: BuildConfig, res: resolver.Resolution,

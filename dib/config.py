@@ -81,6 +81,7 @@ class BuildConfig:
     tmp_dir: Path = Path("/tmp")
     overwrite: bool = False
     keep_workdir: bool = False
+    boot_test: bool = False
     debug: bool = False
     action: str = "build"
     argv: Tuple[str, ...] = ()
@@ -141,6 +142,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mkfs-journal-size", help="ext4 journal size in MiB")
     p.add_argument("--keep-workdir", action="store_true",
                    help="leave the work directory (unmounted) for inspection")
+    p.add_argument("--boot-test", action="store_true",
+                   help="boot the image under QEMU afterwards (KVM if it works, else TCG) and "
+                        "fail unless the serial console shows a login prompt (or "
+                        "DIB_BOOT_TEST_EXPECT, a regex)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove what killed builds left behind (mounts, loop devices, work "
                         "dirs) and exit")
@@ -221,6 +226,9 @@ def parse_args(argv: List[str], environ: Mapping[str, str]) -> BuildConfig:
                               "block-device work")
 
     formats = _formats(args.types or [], env)
+    if args.boot_test and not any(f.is_disk for f in formats):
+        raise ConfigError("--boot-test needs a disk image output (qcow2, raw, vmdk, ...)",
+                          hint="add -t qcow2")
     image_name = args.image_name or env.get("IMAGE_NAME") or "image"
     if len(formats) == 1 and image_name.endswith("." + formats[0].value):
         image_name = image_name[: -len(formats[0].value) - 1]
@@ -262,6 +270,7 @@ def parse_args(argv: List[str], environ: Mapping[str, str]) -> BuildConfig:
         tmp_dir=Path(env.get("TMP_DIR") or "/tmp"),
         overwrite=_flag(env, "OVERWRITE_OLD_IMAGE"),
         keep_workdir=args.keep_workdir,
+        boot_test=args.boot_test,
         debug=args.debug,
         argv=tuple(argv),
         env=env,
