@@ -81,6 +81,7 @@ class BuildConfig:
     tmp_dir: Path = Path("/tmp")
     overwrite: bool = False
     keep_workdir: bool = False
+    no_cache: bool = False
     boot_test: bool = False
     debug: bool = False
     action: str = "build"
@@ -140,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--docker-target", help="repo:tag for -t docker")
     p.add_argument("--max-online-resize", help="ext4 resize limit (blocks)")
     p.add_argument("--mkfs-journal-size", help="ext4 journal size in MiB")
+    p.add_argument("--no-cache", action="store_true",
+                   help="neither reuse nor store cached layers and images (downloads are "
+                        "still cached)")
     p.add_argument("--keep-workdir", action="store_true",
                    help="leave the work directory (unmounted) for inspection")
     p.add_argument("--boot-test", action="store_true",
@@ -270,6 +274,7 @@ def parse_args(argv: List[str], environ: Mapping[str, str]) -> BuildConfig:
         tmp_dir=Path(env.get("TMP_DIR") or "/tmp"),
         overwrite=_flag(env, "OVERWRITE_OLD_IMAGE"),
         keep_workdir=args.keep_workdir,
+        no_cache=args.no_cache or _flag(env, "DIB_NO_CACHE"),
         boot_test=args.boot_test,
         debug=args.debug,
         argv=tuple(argv),

@@ -94,15 +94,22 @@ class Timings:
     def of(self, kind: str) -> List[Tuple[str, float, dict]]:
         return [(n, s, x) for k, n, s, x in self.rows if k == kind]
 
+    def totals(self, kind: str) -> List[Tuple[str, float]]:
+        """Seconds per name (a phase measured once per script is summed), first-seen order."""
+        sums: dict = {}
+        for name, secs, _ in self.of(kind):
+            sums[name] = sums.get(name, 0.0) + secs
+        return list(sums.items())
+
     def table(self) -> str:
         """A readable table of phase and script times, slowest scripts marked."""
         lines = []
-        phases = self.of("phase")
+        phases = self.totals("phase")
         scripts = self.of("script")
         if phases:
-            total = sum(s for _, s, _ in self.of("build")) or sum(s for _, s, _ in phases)
+            total = sum(s for _, s, _ in self.of("build")) or sum(s for _, s in phases)
             lines.append(f"{'phase':<22}{'seconds':>9}{'share':>8}")
-            for name, secs, _ in phases:
+            for name, secs in phases:
                 share = f"{100 * secs / total:5.1f}%" if total else ""
                 lines.append(f"{name:<22}{secs:9.1f}{share:>8}")
         if scripts:

@@ -79,6 +79,19 @@ def phase_environment(ctx: PhaseContext) -> Dict[str, str]:
     return env
 
 
+def run_script(ctx: PhaseContext, script: Script, env: Mapping[str, str], timings: Timings,
+               open_shell: Callable[[str], None]) -> None:
+    """Run one hook script; raise HookFailed (after an ``after-error`` shell) if it fails."""
+    log.info("%s/%s  (element %s)", script.phase, script.name, script.element)
+    with timings.measure("script", f"{script.phase}/{script.name}", element=script.element):
+        result = cmd.run(_script_argv(ctx, script), env=env, check=False)
+    if result.returncode != 0:
+        if "after-error" in ctx.break_points:
+            open_shell(f"after-error in {script.phase}/{script.name}")
+        raise HookFailed(script.element, script.phase, script.name, result.returncode,
+                         result.tail, os.fspath(ctx.logfile) if ctx.logfile else None)
+
+
 def run_phase(ctx: PhaseContext, timings: Timings,
               open_shell: Callable[[str], None]) -> None:
     """Run every script of ``ctx.phase``; raise HookFailed on the first failure."""
@@ -88,13 +101,4 @@ def run_phase(ctx: PhaseContext, timings: Timings,
         return
     env = phase_environment(ctx)
     for script in scripts:
-        log.info("%s/%s  (element %s)", script.phase, script.name, script.element)
-        with timings.measure("script", f"{script.phase}/{script.name}",
-                             element=script.element):
-            result = cmd.run(_script_argv(ctx, script), env=env, check=False)
-        if result.returncode != 0:
-            if "after-error" in ctx.break_points:
-                open_shell(f"after-error in {script.phase}/{script.name}")
-            raise HookFailed(script.element, script.phase, script.name, result.returncode,
-                             result.tail, os.fspath(ctx.logfile) if ctx.logfile else None)
-
+        run_script(ctx, script, env, timings, open_shell)

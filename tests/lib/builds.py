@@ -98,7 +98,9 @@ class Dib:
     def env(self, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
         env = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8",
                "ELEMENTS_PATH": f"{TEST_ELEMENTS}:{self.elements}",
-               "TMP_DIR": os.fspath(self.tmp_dir)}
+               "TMP_DIR": os.fspath(self.tmp_dir),
+               # each test has its own cache: no layer of another test can stand in
+               "DIB_IMAGE_CACHE": os.fspath(self.tmp_dir.parent / "image-cache")}
         env.update(extra or {})
         return env
 

@@ -1,0 +1,212 @@
+"""A content-keyed artifact cache under ``--image-cache`` (``DIB_IMAGE_CACHE``).
+
+Layout::
+
+    $DIB_IMAGE_CACHE/index/           diskcache index: key -> Entry metadata (JSON-able dict)
+    $DIB_IMAGE_CACHE/<kind>/<key>.*   the data files, beside the index
+    $DIB_LOCKFILES/<kind>-<key>.lock  flock held while an entry is being made
+
+A key is the sha256 of the canonical JSON of everything that changes the artifact
+(:func:`cache_key`). An entry is written as a temporary file, renamed into place, and only
+then recorded in the index, so a reader never sees half a file; a build that is killed
+mid-way leaves at most a ``*.tmp.*`` file, which the next :meth:`ArtifactCache.store` of the
+same key removes. Two builds that need the same missing entry serialise on its flock: the
+second waits and then finds the entry the first one made.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional
+
+log = logging.getLogger("dib.cache")
+
+#: bump when the layout or the meaning of an entry changes: old entries are simply missed
+FORMAT = 1
+
+
+def cache_key(kind: str, inputs: Mapping[str, Any]) -> str:
+    """sha256 over the canonical JSON of ``inputs`` (sorted keys, no whitespace)."""
+    doc = json.dumps({"kind": kind, "format": FORMAT, "inputs": inputs},
+                     sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Entry:
+    key: str
+    kind: str
+    path: str
+    size: int
+    created: float
+    inputs: Mapping[str, Any]
+    #: last time a build used the entry (for least-recently-used pruning)
+    used: float = 0.0
+    #: a directory (a layer) rather than a file; ``size`` is then its disk usage
+    is_dir: bool = False
+
+    def age_days(self, now: Optional[float] = None) -> float:
+        return ((now if now is not None else time.time()) - self.created) / 86400
+
+
+def describe_inputs(inputs: Mapping[str, Any]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(inputs.items()))
+
+
+class ArtifactCache:
+    """diskcache-indexed files of one ``kind`` (e.g. ``bootstrap``)."""
+
+    def __init__(self, root: Path, kind: str, lockdir: Optional[Path] = None) -> None:
+        self.root = Path(root)
+        self.kind = kind
+        self.dir = self.root / kind
+        self.lockdir = Path(lockdir) if lockdir else self.root / "lockfiles"
+
+    @contextlib.contextmanager
+    def _index(self) -> Iterator[Any]:
+        import diskcache  # a declared dependency; imported late so pure helpers need nothing
+
+        (self.root / "index").mkdir(parents=True, exist_ok=True)
+        index = diskcache.Cache(os.fspath(self.root / "index"))
+        try:
+            yield index
+        finally:
+            index.close()
+
+    def path_for(self, key: str, suffix: str) -> Path:
+        return self.dir / f"{key}{suffix}"
+
+    @contextlib.contextmanager
+    def lock(self, key: str) -> Iterator[None]:
+        """Exclusive flock for ``key``: released when the holder exits, even if killed."""
+        self.lockdir.mkdir(parents=True, exist_ok=True)
+        path = self.lockdir / f"{self.kind}-{key[:32]}.lock"
+        with open(path, "a") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                log.info("another build is making %s entry %s; waiting for it", self.kind,
+                         key[:12])
+                fcntl.flock(f, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(f, fcntl.LOCK_UN)
+
+    def get(self, key: str) -> Optional[Entry]:
+        """The entry for ``key`` if it is recorded and its file is intact, else None."""
+        with self._index() as index:
+            raw = index.get((self.kind, key))
+            if raw is None:
+                return None
+            entry = Entry(**raw)
+            path = Path(entry.path)
+            try:
+                ok = path.is_dir() if entry.is_dir else path.stat().st_size == entry.size
+            except OSError:
+                ok = False
+            if not ok:
+                log.warning("cache entry %s is damaged or gone (%s); dropping it", key[:12],
+                            path)
+                index.delete((self.kind, key))
+                return None
+            return entry
+
+    def store(self, key: str, suffix: str, inputs: Mapping[str, Any],
+              write: Callable[[Path], None]) -> Entry:
+        """Make the file for ``key`` with ``write(tmp_path)``, then record it."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.path_for(key, suffix)
+        for stale in self.dir.glob(f"{key}{suffix}.tmp.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
+        tmp = final.with_name(f"{final.name}.tmp.{os.getpid()}")
+        try:
+            write(tmp)
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise
+        entry = Entry(key, self.kind, os.fspath(final), final.stat().st_size, time.time(),
+                      dict(inputs))
+        with self._index() as index:
+            index.set((self.kind, key), asdict(entry))
+        return entry
+
+    def entries(self) -> list:
+        with self._index() as index:
+            return [Entry(**index[k]) for k in list(index.iterkeys())
+                    if isinstance(k, tuple) and len(k) == 2 and k[0] == self.kind
+                    and k in index]
+
+    def prune(self, keep: int, same: Callable[[Entry], Any]) -> int:
+        """Keep the ``keep`` newest entries of each ``same(entry)`` group; drop the rest."""
+        groups: dict = {}
+        for e in self.entries():
+            groups.setdefault(same(e), []).append(e)
+        dropped = 0
+        with self._index() as index:
+            for group in groups.values():
+                for e in sorted(group, key=lambda x: x.created, reverse=True)[keep:]:
+                    index.delete((self.kind, e.key))
+                    with contextlib.suppress(OSError):
+                        Path(e.path).unlink()
+                    dropped += 1
+        return dropped
+
+    # -- directories (layers), use times, notes ------------------------------------------------
+
+    def record_dir(self, key: str, path: Path, inputs: Mapping[str, Any], size: int) -> Entry:
+        """Record a finished directory (already in place) as the entry for ``key``."""
+        now = time.time()
+        entry = Entry(key, self.kind, os.fspath(path), size, now, dict(inputs), now, True)
+        with self._index() as index:
+            index.set((self.kind, key), asdict(entry))
+        return entry
+
+    def touch(self, key: str) -> None:
+        """Mark ``key`` as just used (least-recently-used pruning keeps it longest)."""
+        with self._index() as index:
+            with index.transact():
+                raw = index.get((self.kind, key))
+                if raw is not None:
+                    index.set((self.kind, key), {**raw, "used": time.time()})
+
+    def note(self, name: str) -> Optional[Any]:
+        """A small JSON-able value stored beside the entries (e.g. a step's last inputs)."""
+        with self._index() as index:
+            return index.get((self.kind, "note", name))
+
+    def set_note(self, name: str, value: Any) -> None:
+        with self._index() as index:
+            index.set((self.kind, "note", name), value)
+
+    def drop(self, entry: Entry) -> None:
+        """Forget ``entry`` and delete its file or directory."""
+        with self._index() as index:
+            index.delete((self.kind, entry.key))
+        path = Path(entry.path)
+        if entry.is_dir:
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()

@@ -1,0 +1,186 @@
+"""What one build knows while it runs: its configuration, resolution, work directory, hooks
+tree, hook environment, layer store, timings and outputs; and how it runs a phase there.
+
+:mod:`dib.steps` (the tree's cached steps) and :mod:`dib.disk` (the disk image) receive a
+:class:`BuildContext`; :mod:`dib.build` makes it and tears it down.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional
+
+import yaml
+
+from dib import chroot, cmd, element, hooks, outputs, resolver
+from dib import log as dlog
+from dib.config import BuildConfig
+from dib.errors import ConfigError, DibError
+from dib.layers import LayerStore, StepRecord
+from dib.phases import BY_NAME, Phase
+from dib.runparts import PhaseContext, phase_environment, run_phase
+from dib.workdir import Workdir
+
+log = logging.getLogger("dib.build")
+
+#: the caller's variables that never reach hooks
+DROPPED_ENV = {"TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PATH", "LD_PRELOAD",
+               "LD_LIBRARY_PATH", "PWD", "OLDPWD", "SHLVL", "_", "PS1", "PROMPT_COMMAND",
+               "BASH_ENV", "ENV"}
+
+
+@dataclass
+class BuildContext:
+    cfg: BuildConfig
+    res: resolver.Resolution
+    wd: Workdir
+    tree_hooks: hooks.HooksTree
+    env: Dict[str, str]
+    logfile: Path
+    timings: dlog.Timings
+    store: LayerStore
+    #: a copy of the host's resolv.conf, bind-mounted into chroots
+    resolv: Path
+    outputs: List[Path] = field(default_factory=list)
+    steps: List[StepRecord] = field(default_factory=list)
+    #: the disk has an EFI system partition (set by dib.disk)
+    has_esp: bool = False
+
+    @property
+    def chroot_cache(self) -> Path:
+        return self.cfg.image_cache / "chroot"
+
+    @property
+    def block_size(self) -> Optional[int]:
+        value = self.cfg.env.get("DIB_BLOCK_SIZE", "").strip()
+        if not value:
+            return None
+        if not value.isdigit():
+            raise ConfigError(f"DIB_BLOCK_SIZE must be a number of bytes, not '{value}'")
+        return int(value)
+
+    def add_output(self, path: Path) -> None:
+        self.outputs.append(path)
+        self.outputs.extend(outputs.write_checksums(path, self.cfg.checksums))
+
+    @contextlib.contextmanager
+    def chroot(self, root: Path) -> Iterator[Path]:
+        """The chroot mounts (proc, sys, dev, hooks, cache, resolv.conf) on ``root``."""
+        with chroot.chroot_mounts(root, self.wd.hooks, self.chroot_cache, self.resolv):
+            yield root
+
+    # -- phases ------------------------------------------------------------------------
+
+    def phase_env(self, phase: Phase, root: Path) -> Dict[str, str]:
+        env = dict(self.env)
+        if phase.target_root:
+            env["TARGET_ROOT"] = os.fspath(root)
+        if phase.in_chroot:
+            env["HOME"] = "/root"
+        return env
+
+    def context(self, name: str, root: Path) -> PhaseContext:
+        phase = BY_NAME[name]
+        return PhaseContext(phase, self.tree_hooks, self.phase_env(phase, root),
+                            root=root if phase.in_chroot else None, logfile=self.logfile,
+                            break_points=self.cfg.break_points)
+
+    def run(self, name: str, root: Path) -> None:
+        """Run a whole phase (with its break points) on ``root``."""
+        ctx = self.context(name, root)
+        self.maybe_break(f"before-{ctx.phase.short}", ctx)
+        with self.timings.measure("phase", name):
+            run_phase(ctx, self.timings, open_shell=lambda why: self.open_shell(why, ctx))
+        self.maybe_break(f"after-{ctx.phase.short}", ctx)
+
+    def has_work(self, name: str) -> bool:
+        phase = BY_NAME[name]
+        return bool(self.tree_hooks.scripts(name)) or self.has_break(phase)
+
+    def has_break(self, phase: Phase) -> bool:
+        return any(p in self.cfg.break_points
+                   for p in (f"before-{phase.short}", f"after-{phase.short}"))
+
+    # -- debugging -----------------------------------------------------------------------
+
+    def maybe_break(self, point: str, ctx: PhaseContext) -> None:
+        if point in self.cfg.break_points:
+            self.open_shell(point, ctx)
+
+    def open_shell(self, why: str, ctx: PhaseContext) -> None:
+        inside = ctx.phase.in_chroot and not self.cfg.env.get("break_outside_target")
+        shell = self.cfg.env.get("break_cmd") or "bash"
+        log.warning("break (%s): starting %s %s; exit the shell to continue", why, shell,
+                    f"in the chroot {ctx.root}" if inside else f"in {self.wd.base}")
+        env = phase_environment(ctx)
+        argv = shlex.split(shell)
+        if inside:
+            assert ctx.root is not None
+            argv = chroot.chroot_argv(ctx.root, argv)
+        cmd.run(argv, env=env, interactive=True, check=False,
+                cwd=None if inside else self.wd.base)
+
+    def install_extra_packages(self, root: Path) -> None:
+        """``-p``: install-packages in the chroot, once, after install.d."""
+        if not (root / "usr/local/bin/install-packages").exists():
+            raise DibError("-p needs the install-packages command in the image",
+                           hint="include an element that provides it (the dpkg element, "
+                                "pulled in by the debian and ubuntu elements)")
+        log.info("installing -p packages: %s", " ".join(self.cfg.packages))
+        env = phase_environment(self.context("install.d", root))
+        with self.timings.measure("phase", "-p packages"):
+            cmd.run(chroot.chroot_argv(root, ["install-packages", *self.cfg.packages]), env=env)
+
+
+def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
+                     catalogue: element.Catalogue) -> Dict[str, str]:
+    """What every hook sees (dib-contract §b), before environment.d adds its part."""
+    env = {k: v for k, v in cfg.env.items() if k not in DROPPED_ENV and "%%" not in k}
+    paths = {n: os.fspath(res.elements[n].path) for n in res.order}
+    array = " ".join(f"[{n}]={p}" for n, p in paths.items())
+    root_label = cfg.root_label or ("img-rootfs" if cfg.fs_type == "xfs" else "cloudimg-rootfs")
+    env.update({
+        "PATH": f"{cmd.SAFE_PATH}:{wd.hooks}/bin",
+        "LANG": "C.UTF-8", "LC_ALL": "C",
+        "ARCH": cfg.arch,
+        "IMAGE_NAME": cfg.image_name,
+        "IMAGE_ELEMENT": " ".join(res.order),
+        "IMAGE_ELEMENT_YAML": yaml.safe_dump(paths, default_flow_style=False),
+        "BASH_FUNC_get_image_element_array%%": f'() {{  echo "{array} "\n}}',
+        "ELEMENTS_PATH": ":".join(os.fspath(p) for p in catalogue.search_path),
+        "TMP_BUILD_DIR": os.fspath(wd.base),
+        "TMP_IMAGE_DIR": os.fspath(wd.image),
+        "TMP_HOOKS_PATH": os.fspath(wd.hooks),
+        "TMP_MOUNT_PATH": os.fspath(wd.mnt),
+        "DIB_IMAGE_CACHE": os.fspath(cfg.image_cache),
+        "DIB_LOCKFILES": os.fspath(cfg.image_cache / "lockfiles"),
+        "DIB_CHROOT_CACHE": "/" + chroot.CHROOT_CACHE,
+        "DIB_OFFLINE": "1" if cfg.offline else "",
+        "DIB_DEBUG_TRACE": str(cfg.trace),
+        "DIB_PYTHON_EXEC": sys.executable,
+        "DIB_ARGS": shlex.join(cfg.argv),
+        "DIB_ENV": "".join(f"export {k}={shlex.quote(v)}\n"
+                           for k, v in sorted(cfg.env.items()) if k.startswith("DIB_")),
+        "DIB_ROOT_LABEL": root_label,
+        "DIB_ROOT_FSTYPE": cfg.fs_type,
+        "FS_TYPE": cfg.fs_type,
+        "DIB_CHECKSUM": ",".join(cfg.checksums) or "0",
+        "DIB_NO_TMPFS": "0" if cfg.use_tmpfs else "1",
+        "DIB_MIN_TMPFS": f"{cfg.min_tmpfs_gib:g}",
+        "DIB_DEFAULT_INSTALLTYPE": cfg.install_type,
+    })
+    return env
+
+
+def finish_tree(root: Path) -> None:
+    """What every image gets after cleanup.d: a resolv.conf.ORIG put in place (dib
+    compatibility), no mount points of the build left behind."""
+    chroot.restore_resolv_conf(root)
+    for mountpoint in (chroot.IN_TARGET, chroot.CHROOT_CACHE):
+        with contextlib.suppress(OSError):
+            (root / mountpoint).rmdir()

@@ -1,0 +1,148 @@
+"""The disk image: size it, lay the tree onto the block device, run the final phases there,
+and convert the raw disk into every requested format.
+
+After post-root.d the merged tree is measured and copied into the filesystems the block-device
+layer made (:mod:`dib.blockdev`); block-device.d, pre-finalise.d, finalise.d (the bootloader)
+and cleanup.d run on them; the disk stack then unmounts (writing the ESP), detaches, and
+each disk format is converted from the one raw file.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+from pathlib import Path
+
+from dib import blockdev, cmd, outputs, resolver
+from dib.blockdev.partition import PartitioningSpec
+from dib.config import BuildConfig, ImageFormat
+from dib.context import BuildContext, finish_tree
+from dib.errors import ConfigError
+from dib.steps import FINAL_PHASES
+from dib.tree import LayeredTree
+
+log = logging.getLogger("dib.build")
+
+
+def write_archives(b: BuildContext, tree: Path) -> None:
+    """tar/tgz outputs of ``tree``, which must have nothing but the image mounted below it."""
+    for fmt in (f for f in b.cfg.formats if not f.is_disk):
+        dest = b.cfg.output_path(fmt)
+        log.info("writing %s", dest)
+        with b.timings.measure("output", fmt.value), \
+                outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
+            outputs.write_tar(tree, tmp, gzip=fmt is ImageFormat.TGZ)
+        b.add_output(dest)
+
+
+def block_device_config_text(cfg: BuildConfig, res: resolver.Resolution) -> str:
+    """DIB_BLOCK_DEVICE_CONFIG (inline or file://), else the first element (in resolution
+    order) with block-device-<ARCH>.yaml or block-device-default.yaml, else dib's fallback:
+    one filesystem with no partition table."""
+    value = cfg.env.get("DIB_BLOCK_DEVICE_CONFIG", "").strip()
+    if value.startswith("file://"):
+        path = Path(value[len("file://"):])
+        try:
+            return path.read_text()
+        except OSError as exc:
+            raise ConfigError(f"DIB_BLOCK_DEVICE_CONFIG: cannot read {path}: {exc.strerror}")
+    if value:
+        return value
+    arch = "ppc64el" if cfg.arch in ("ppc64le", "ppc64el") else cfg.arch
+    for name in (f"block-device-{arch}.yaml", "block-device-default.yaml"):
+        for e in res.ordered():
+            if (e.path / name).is_file():
+                log.info("block-device config: %s from element %s", name, e.name)
+                return (e.path / name).read_text()
+    return blockdev.default_config_text()
+
+
+def _tree_bytes(tree: Path) -> int:
+    """Disk usage of the tree (du -sx, bytes)."""
+    return int(cmd.output(["du", "-sx", "--block-size=1", tree]).split()[0])
+
+
+#: partition types of an EFI system partition (sgdisk code, GPT GUID, MBR type)
+ESP_TYPES = {"EF00", "C12A7328-F81F-11D2-BA4B-00A0C93EC93B", "0XEF", "EF"}
+
+#: filesystem overhead beyond the files themselves: metadata, journal, reserved blocks
+FS_OVERHEAD = 0.12
+FS_FIXED = 96 << 20
+
+
+def image_size(cfg: BuildConfig, tree_bytes: int, config: "blockdev.Config") -> int:
+    """Bytes for the disk: ``--image-size``, else the tree plus a measured margin (12 %% and
+    96 MiB for metadata and journal, where dib divides by 0.6) plus every fixed-size
+    partition, plus ``DIB_IMAGE_EXTRA_SIZE``; rounded up to a whole MiB."""
+    if cfg.image_size_gib is not None:
+        return int(cfg.image_size_gib * (1 << 30)) // (1 << 20) * (1 << 20)
+    fixed = sum(p.size for spec in config.ordered() if isinstance(spec, PartitioningSpec)
+                for p in spec.partitions if isinstance(p.size, int))
+    tables = 4 << 20  # alignment gaps, GPT headers
+    extra = (cfg.image_extra_size_mib or 0) << 20
+    size = int(tree_bytes * (1 + FS_OVERHEAD)) + FS_FIXED + fixed + tables + extra
+    mib = 1 << 20
+    return (size + mib - 1) // mib * mib
+
+
+def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
+    """Lay the tree onto the block device, run the final phases there, write the outputs."""
+    cfg, wd = b.cfg, b.wd
+    root_label = b.env["DIB_ROOT_LABEL"]
+    with tree.view(wd.built) as view, contextlib.ExitStack() as disk:
+        with b.timings.measure("phase", "(size tree)"):
+            tree_bytes = _tree_bytes(view)
+        probe = blockdev.Params(image_dir=wd.image, mount_base=wd.mnt, image_size=None,
+                                root_fs_type=cfg.fs_type, root_label=root_label,
+                                root_mkfs_opts=cfg.mkfs_options, block_size=b.block_size,
+                                uuid_seed=Path(cfg.image_name).name)
+        config = blockdev.load_config(config_text, probe)
+        size = image_size(cfg, tree_bytes, config)
+        params = blockdev.Params(**{**probe.__dict__, "image_size": size})
+        config = blockdev.load_config(config_text, params)
+        b.has_esp = any(str(p.type).upper() in ESP_TYPES for spec in config.ordered()
+                        if isinstance(spec, PartitioningSpec) for p in spec.partitions)
+        log.info("disk: %d MiB for a %d MiB tree", size >> 20, tree_bytes >> 20)
+        with b.timings.measure("phase", "(block device)"):
+            state = blockdev.BlockDevice(config, params).create(disk)
+        with b.timings.measure("phase", "(copy tree)"):
+            cmd.run(["cp", "-a", "--sparse=always", f"{view}/.", f"{wd.mnt}/"])
+        (wd.mnt / "etc").mkdir(exist_ok=True)
+        (wd.mnt / "etc" / "fstab").write_text(state.fstab())
+        b.env.update({
+            "IMAGE_BLOCK_DEVICE": state.image_block_device,
+            "IMAGE_BLOCK_DEVICES": " ".join(f"[{k}]={v}"
+                                            for k, v in state.image_block_devices.items()),
+            "DIB_ROOT_LABEL": state.root_label or root_label,
+            "DIB_ROOT_FSTYPE": state.root_fstype or cfg.fs_type,
+            "DIB_IMAGE_SIZE": str(size),
+        })
+        if b.has_work("block-device.d"):
+            b.run("block-device.d", wd.mnt)
+        with b.chroot(wd.mnt):
+            for name in FINAL_PHASES:
+                if b.has_work(name):
+                    b.run(name, wd.mnt)
+        finish_tree(wd.mnt)
+        write_archives(b, wd.mnt)
+        raw = state.image_files[config.loops[0].name]
+    # the disk stack has unmounted, written the ESP and detached: the raw file is complete
+    _convert_disks(b, raw)
+
+
+def _convert_disks(b: BuildContext, raw: Path) -> None:
+    disks = [f for f in b.cfg.formats if f.is_disk]
+    # raw last: it can take the file itself when nothing else needs it any more
+    for fmt in sorted(disks, key=lambda f: f is ImageFormat.RAW):
+        dest = b.cfg.output_path(fmt)
+        log.info("writing %s", dest)
+        with b.timings.measure("output", fmt.value), \
+                outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
+            if fmt is ImageFormat.RAW:
+                cmd.run(["cp", "--sparse=always", raw, tmp])
+            else:
+                cmd.run(outputs.qemu_img_convert_argv(
+                    raw, fmt.value, tmp, compress=b.cfg.compress,
+                    options=b.cfg.qemu_img_options,
+                    compression_type=b.cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE")
+                    or outputs.DEFAULT_COMPRESSION_TYPE))
+        b.add_output(dest)

@@ -1,0 +1,183 @@
+"""The tree's steps, root.d through post-root.d, each a cached overlay layer.
+
+* root.d is one step: it writes the base layer.
+* extra-data.d runs every build (it fetches into the hooks tree, which is not a layer); if it
+  also wrote into the tree, what it wrote becomes a layer keyed by its content.
+* every script of pre-install.d, install.d, post-install.d and post-root.d is a step of its
+  own, and so is ``-p``.
+
+A step's key chains the previous step's key with its inputs (:func:`_inputs`), so a rebuild
+reuses every layer up to the first step whose inputs changed and runs from there; the build
+report says, for each step, hit or miss and, on a miss, which inputs changed.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, Mapping, Optional
+
+from dib import layers
+from dib.context import BuildContext, finish_tree
+from dib.errors import DibError
+from dib.layers import StepRecord
+from dib.phases import BY_NAME, PHASE_NAMES
+from dib.runparts import phase_environment, run_script
+from dib.tree import LayeredTree
+
+log = logging.getLogger("dib.build")
+
+SCRIPT_PHASES = ("pre-install.d", "install.d", "post-install.d", "post-root.d")
+FINAL_PHASES = ("pre-finalise.d", "finalise.d", "cleanup.d")
+
+
+class Chain:
+    """Keys of the steps so far, and what every step's key depends on."""
+
+    def __init__(self, b: BuildContext) -> None:
+        self.b = b
+        self.prev = "root"
+        self.build = layers.step_key(layers.build_inputs(b.cfg.arch, b.cfg.env, b.cfg.packages))
+        # element data (everything but hook scripts): any change re-runs every step
+        self.elements = layers.step_key({e.name: layers.tree_digest(
+            e.path, skip_top=PHASE_NAMES) for e in b.res.ordered()})
+        self.shared = ""
+
+    def inputs(self, step: str, **extra: Any) -> Dict[str, Any]:
+        return {"prev": self.prev, "step": step, "build": self.build,
+                "elements": self.elements, "shared": self.shared, **extra}
+
+
+def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str, Any],
+          body: Callable[[Path], None], *, base: bool = False) -> str:
+    """Reuse the layer for ``inputs`` or run ``body`` on a fresh one; returns the key."""
+    key = layers.step_key(inputs)
+    start = time.monotonic()
+    hit = b.store.lookup(key)
+    if hit is not None:
+        tree.add_layer(hit)
+        b.steps.append(StepRecord(step_id, key, True, 0.0))
+        log.info("%s  (cached)", step_id)
+        return key
+    changed = tuple(layers.changed_inputs(b.store.last_inputs(step_id), inputs))
+    if b.store.enabled:
+        log.debug("%s: cache miss, changed: %s", step_id, ", ".join(changed))
+    with b.store.new_upper(step_id) as upper:
+        if base:
+            with tree.write_base(upper) as mnt:
+                body(mnt)
+        else:
+            with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
+                body(mnt)
+        layer = b.store.commit(key, upper, step_id, inputs)
+    tree.add_layer(layer)
+    b.steps.append(StepRecord(step_id, key, False, round(time.monotonic() - start, 3), changed))
+    return key
+
+
+def _not_empty(root: Path) -> bool:
+    return any(p.name not in ("lost+found", "tmp", "proc", "sys", "dev") for p in root.iterdir())
+
+
+def _root_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
+    scripts = b.tree_hooks.scripts("root.d")
+    if not scripts:
+        raise DibError("no element has root.d scripts: nothing creates the root filesystem",
+                       hint="include an operating-system element (debian, ubuntu, ...)")
+    digests = {f"{s.element}/{s.name}": layers.file_digest(s.path) for s in scripts}
+
+    def body(mnt: Path) -> None:
+        b.run("root.d", mnt)
+        if not _not_empty(mnt):
+            raise DibError("root.d left the tree empty: no element created the root "
+                           "filesystem", hint="the operating-system element's root.d must "
+                                              "populate $TARGET_ROOT")
+
+    chain.prev = _step(b, tree, "root.d", chain.inputs("root.d", scripts=digests), body,
+                       base=True)
+
+
+def _extra_data_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
+    """extra-data.d on every build; a layer only if it wrote into the tree."""
+    if b.has_work("extra-data.d"):
+        with b.store.new_upper("extra-data.d") as upper:
+            with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
+                b.run("extra-data.d", mnt)
+            if any(upper.iterdir()):
+                inputs = chain.inputs("extra-data.d", content=layers.tree_digest(upper))
+                key = layers.step_key(inputs)
+                tree.add_layer(b.store.commit(key, upper, "extra-data.d", inputs))
+                chain.prev = key
+            else:
+                shutil.rmtree(upper)
+    # what later steps can read from the hooks tree besides the scripts themselves
+    chain.shared = layers.tree_digest(b.wd.hooks, skip_top=PHASE_NAMES)
+
+
+def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) -> None:
+    ctx_phase = BY_NAME[phase]
+    env: Optional[Dict[str, str]] = None
+    if b.has_break(ctx_phase):
+        _shell_step(b, tree, f"before-{ctx_phase.short}", phase)
+    for script in b.tree_hooks.scripts(phase):
+        step_id = f"{phase}/{script.name}"
+
+        def body(mnt: Path, script=script) -> None:
+            nonlocal env
+            ctx = b.context(phase, mnt)
+            if env is None:  # environment.d: sourced once per phase, on the first miss
+                env = phase_environment(ctx)
+            with b.timings.measure("phase", phase):
+                run_script(ctx, script, env, b.timings,
+                           open_shell=lambda why: b.open_shell(why, ctx))
+
+        inputs = chain.inputs(step_id, element=script.element,
+                              script=layers.file_digest(script.path))
+        chain.prev = _step(b, tree, step_id, inputs, body)
+    if b.has_break(ctx_phase):
+        _shell_step(b, tree, f"after-{ctx_phase.short}", phase)
+    if phase == "install.d" and b.cfg.packages:
+        chain.prev = _step(b, tree, "-p", chain.inputs("-p"), b.install_extra_packages)
+
+
+def _shell_step(b: BuildContext, tree: LayeredTree, point: str, phase: str) -> None:
+    """A break point between steps: a shell on the tree (break= disables the cache)."""
+    if point not in b.cfg.break_points:
+        return
+    with b.store.new_upper(point) as upper:
+        with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
+            b.open_shell(point, b.context(phase, mnt))
+        tree.add_layer(upper)
+
+
+def run_tree_steps(b: BuildContext, tree: LayeredTree) -> str:
+    """root.d through post-root.d; returns the key of the finished tree."""
+    chain = Chain(b)
+    _root_step(b, tree, chain)
+    _extra_data_step(b, tree, chain)
+    for phase in SCRIPT_PHASES:
+        _script_steps(b, tree, chain, phase)
+    return layers.step_key({"tree": chain.prev, "shared": chain.shared})
+
+
+def finalise_tree_only(b: BuildContext, tree: LayeredTree) -> None:
+    """No disk output: the final phases run on the tree itself, uncached."""
+    if b.tree_hooks.scripts("block-device.d"):
+        log.info("no disk output requested: block-device.d skipped")
+    with b.store.new_upper("final") as upper:
+        with tree.write_step(upper, b.store.work_dir(upper)) as mnt:
+            with b.chroot(mnt):
+                for name in FINAL_PHASES:
+                    if b.has_work(name):
+                        b.run(name, mnt)
+            finish_tree(mnt)
+        tree.add_layer(upper)
+
+
+def final_scripts_digest(b: BuildContext) -> Dict[str, str]:
+    """The scripts of the phases after the tree (part of a finished image's key)."""
+    return {f"{s.phase}/{s.name}": layers.file_digest(s.path)
+            for phase in ("block-device.d",) + FINAL_PHASES
+            for s in b.tree_hooks.scripts(phase)}
+
