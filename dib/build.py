@@ -63,7 +63,7 @@ def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) ->
             "compression_type": cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE", ""),
             "size": [cfg.image_size_gib, cfg.image_extra_size_mib], "fs_type": cfg.fs_type,
             "root_label": cfg.root_label, "mkfs_options": cfg.mkfs_options,
-            "block_size": b.block_size, "seed": Path(cfg.image_name).name}
+            "block_size": b.block_size, "seed": cfg.env.get("DIB_UUID_SEED", "")}
 
 
 def _reuse_image(b: BuildContext, images: ArtifactCache, key: str) -> bool:
@@ -79,6 +79,7 @@ def _reuse_image(b: BuildContext, images: ArtifactCache, key: str) -> bool:
             cmd.run(["cp", "--reflink=auto", "--sparse=always", entry.path, tmp])
         b.add_output(dest)
         b.has_esp = bool(entry.inputs.get("has_esp"))
+        images.touch(entry.key)
     return True
 
 
@@ -93,7 +94,7 @@ def _store_image(b: BuildContext, images: ArtifactCache, key: str,
 
 def _build(b: BuildContext, disk_config: Optional[str]) -> None:
     tree = LayeredTree(b.store.dir, b.wd.mnt)
-    tree_key = steps.run_tree_steps(b, tree)
+    tree_key = b.tree_key = steps.run_tree_steps(b, tree)
     images = ArtifactCache(b.cfg.image_cache, "images") if b.store.enabled else None
     inputs = _image_inputs(b, tree_key, disk_config)
     key = layers.step_key(inputs)
@@ -156,12 +157,31 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                 log.info("where the time went:\n%s", timings.table())
             _write_report(report_path, cfg, res, timings, b, status, error, logfile,
                           time.time() - started)
+        _apply_size_cap(cfg)
         hits = sum(1 for s in b.steps if s.hit)
         log.info("build completed successfully (%d of %d steps from the cache)", hits,
                  len(b.steps))
         if cfg.boot_test:
             _boot_test(cfg, uefi=b.has_esp, timings=timings)
     return BuildResult(b.outputs, report_path, logfile)
+
+
+#: default for DIB_CACHE_MAX_SIZE: the cache is pruned (least recently used first) to this
+DEFAULT_CACHE_MAX = "20G"
+
+
+def _apply_size_cap(cfg: BuildConfig) -> None:
+    from dib import cache
+
+    try:
+        limit = cache.parse_size(cfg.env.get("DIB_CACHE_MAX_SIZE") or DEFAULT_CACHE_MAX)
+    except ValueError as exc:
+        raise ConfigError(f"DIB_CACHE_MAX_SIZE: {exc}") from None
+    dropped = cache.prune_lru(cfg.image_cache, limit)
+    if dropped:
+        log.info("cache over %s: dropped %d least recently used entries (%.0f MiB)",
+                 cfg.env.get("DIB_CACHE_MAX_SIZE") or DEFAULT_CACHE_MAX, len(dropped),
+                 sum(e.size for e in dropped) / (1 << 20))
 
 
 def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:

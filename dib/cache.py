@@ -210,3 +210,46 @@ class ArtifactCache:
         else:
             with contextlib.suppress(OSError):
                 path.unlink()
+
+
+#: the kinds of entry the cache holds (see dib.bootstrap, dib.layers, dib.build)
+KINDS = ("bootstrap", "layers", "images")
+
+SIZE_UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+
+
+def parse_size(text: str) -> int:
+    """``20G``, ``500M``, ``1048576`` -> bytes (binary units)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    unit = value[-1] if value and value[-1] in SIZE_UNITS else ""
+    number = value[: len(value) - len(unit)]
+    try:
+        return int(float(number) * SIZE_UNITS[unit])
+    except ValueError:
+        raise ValueError(f"not a size: {text!r} (use e.g. 20G or 500M)") from None
+
+
+def all_entries(root: Path) -> list:
+    """Every entry of every kind under ``root``, least recently used first."""
+    entries = [e for kind in KINDS for e in ArtifactCache(root, kind).entries()]
+    return sorted(entries, key=lambda e: e.used or e.created)
+
+
+def prune_lru(root: Path, max_bytes: int, *, min_idle: float = 600.0) -> list:
+    """Drop least-recently-used entries until the cache holds at most ``max_bytes``.
+
+    Entries used in the last ``min_idle`` seconds are kept whatever the size: a build running
+    right now may have them mounted. Returns the entries dropped."""
+    entries = all_entries(root)
+    total = sum(e.size for e in entries)
+    dropped = []
+    now = time.time()
+    for e in entries:
+        if total <= max_bytes:
+            break
+        if now - (e.used or e.created) < min_idle:
+            continue
+        ArtifactCache(root, e.kind).drop(e)
+        total -= e.size
+        dropped.append(e)
+    return dropped

@@ -141,5 +141,55 @@ def disk_image_create(argv: Optional[Sequence[str]] = None) -> int:
     return _guarded(_disk_image_create, argv)
 
 
+# -- dib-cache ----------------------------------------------------------------------------------
+
+def _dib_cache(argv: List[str]) -> int:
+    import time
+    from pathlib import Path
+
+    from dib import cache
+
+    p = argparse.ArgumentParser(prog="dib-cache",
+                                description="List and prune dib's cache (bootstrap tarballs, "
+                                            "tree layers, finished images).")
+    p.add_argument("--image-cache", default=os.environ.get("DIB_IMAGE_CACHE")
+                   or os.path.expanduser("~/.cache/image-create"))
+    p.add_argument("--debug", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+    ls = sub.add_parser("list", help="every entry, least recently used first")
+    ls.add_argument("--json", action="store_true")
+    pr = sub.add_parser("prune", help="drop least-recently-used entries down to a size")
+    group = pr.add_mutually_exclusive_group(required=True)
+    group.add_argument("--max-size", help="e.g. 20G")
+    group.add_argument("--all", action="store_true", help="drop everything not in use")
+    args = p.parse_args(argv)
+    root = Path(args.image_cache)
+    if args.command == "list":
+        entries = cache.all_entries(root)
+        if args.json:
+            print(json.dumps([e.__dict__ for e in entries], indent=2, default=str))
+            return 0
+        now = time.time()
+        for e in entries:
+            label = e.inputs.get("step") or e.inputs.get("release") or ""
+            print(f"{e.kind:<10} {e.key[:16]:<17} {e.size / (1 << 20):9.1f} MiB  "
+                  f"used {(now - (e.used or e.created)) / 3600:7.1f} h ago  {label}")
+        total = sum(e.size for e in entries)
+        print(f"{len(entries)} entries, {total / (1 << 20):.1f} MiB in {root}")
+        return 0
+    try:
+        limit = 0 if args.all else cache.parse_size(args.max_size)
+    except ValueError as exc:
+        raise DibError(str(exc)) from None
+    dropped = cache.prune_lru(root, limit)
+    print(f"dropped {len(dropped)} entries, "
+          f"{sum(e.size for e in dropped) / (1 << 20):.1f} MiB")
+    return 0
+
+
+def dib_cache(argv: Optional[Sequence[str]] = None) -> int:
+    return _guarded(_dib_cache, argv)
+
+
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(disk_image_create())

@@ -50,6 +50,8 @@ class BuildContext:
     steps: List[StepRecord] = field(default_factory=list)
     #: the disk has an EFI system partition (set by dib.disk)
     has_esp: bool = False
+    #: the key of the finished tree (set after the tree steps); seeds the disk's UUIDs
+    tree_key: str = ""
 
     @property
     def chroot_cache(self) -> Path:

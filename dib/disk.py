@@ -94,7 +94,7 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
         probe = blockdev.Params(image_dir=wd.image, mount_base=wd.mnt, image_size=None,
                                 root_fs_type=cfg.fs_type, root_label=root_label,
                                 root_mkfs_opts=cfg.mkfs_options, block_size=b.block_size,
-                                uuid_seed=Path(cfg.image_name).name)
+                                uuid_seed=cfg.env.get("DIB_UUID_SEED") or b.tree_key)
         config = blockdev.load_config(config_text, probe)
         size = image_size(cfg, tree_bytes, config)
         params = blockdev.Params(**{**probe.__dict__, "image_size": size})

@@ -1,0 +1,151 @@
+"""The layer cache: reuse up to the first changed step, and the same tree as a clean build.
+
+Builds fake-os with an element of several steps across the chroot phases, edits one late
+script, and rebuilds with the cache and without it; the two trees (paths, modes, owners,
+contents, link targets) must be identical. fake-os trees have no volatile files; for real
+distributions docs/caching.md lists the files that legitimately differ between builds.
+"""
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import tarfile
+from pathlib import Path
+from typing import Dict, Tuple
+
+import pytest
+
+from tests.lib import builds
+from tests.lib.elements import make_element
+
+HOOKS = {
+    "pre-install.d": {"20-t-cache-pre": "mkdir -p /opt/t && echo pre > /opt/t/pre\n"},
+    "install.d": {
+        "20-t-cache-a": "echo a > /opt/t/a; mkdir -p /opt/t/dir; echo x > /opt/t/dir/x\n",
+        "30-t-cache-b": "rm -rf /opt/t/dir; echo replaced > /opt/t/dir; rm /bin/vi\n",
+        "80-t-cache-late": "echo v1 > /opt/t/late\n",
+    },
+    "post-install.d": {"20-t-cache-post": "cat /opt/t/late > /opt/t/post\n"},
+    "post-root.d": {"20-t-cache-root": "echo host > \"$TARGET_ROOT/opt/t/post-root\"\n"},
+}
+
+
+@pytest.fixture
+def dib(tmp_path):
+    with builds.Dib(tmp_path) as d:
+        make_element(d.elements, "t-cache", hooks=HOOKS)
+        yield d
+
+
+def _tree(tar: Path) -> Dict[str, Tuple]:
+    """path -> (type, mode, uid, gid, link target, content digest)."""
+    out = {}
+    with tarfile.open(tar) as t:
+        for m in t.getmembers():
+            data = t.extractfile(m).read() if m.isfile() else b""
+            out[m.name] = (m.type, m.mode, m.uid, m.gid, m.linkname,
+                           hashlib.sha256(data).hexdigest())
+    return out
+
+
+def _steps(report: dict) -> Dict[str, dict]:
+    return {s["step"]: s for s in report["steps"]}
+
+
+def _build(dib, name: str, *args: str) -> dict:
+    proc = dib.run("t-cache", name=name, args=args)
+    assert proc.returncode == 0, proc.stderr
+    return dib.report(name)
+
+
+def _edit_late_script(dib, text: str) -> None:
+    script = dib.elements / "t-cache" / "install.d" / "80-t-cache-late"
+    script.write_text(script.read_text().replace("echo v1", f"echo {text}"))
+
+
+def test_rebuild_reuses_every_step_and_then_the_image(dib):
+    first = _build(dib, "one")
+    assert not any(s["cached"] for s in first["steps"])
+    second = _build(dib, "two")
+    assert all(s["cached"] for s in second["steps"])
+    # the finished image came from the cache: nothing was stored again
+    assert "(cache image)" not in [p["phase"] for p in second["phases"]]
+    assert _tree(dib.image("one")) == _tree(dib.image("two"))
+    log = dib.logfile("two").read_text()
+    assert "(cached image)" in log
+
+
+def test_editing_a_late_script_reruns_from_that_step_only(dib):
+    _build(dib, "one")
+    _edit_late_script(dib, "v2")
+    report = _build(dib, "two")
+    steps = _steps(report)
+    for early in ("root.d", "pre-install.d/20-t-cache-pre", "install.d/20-t-cache-a",
+                  "install.d/30-t-cache-b"):
+        assert steps[early]["cached"], early
+    late = steps["install.d/80-t-cache-late"]
+    assert not late["cached"] and late["changed"] == ["script"]
+    after = steps["post-install.d/20-t-cache-post"]
+    assert not after["cached"] and after["changed"] == ["prev"]
+    assert dib.read("opt/t/post", name="two") == b"v2\n"
+
+
+def test_cached_rebuild_gives_the_same_tree_as_a_clean_one(dib):
+    _build(dib, "warm-up")
+    _edit_late_script(dib, "v3")
+    _build(dib, "cached")
+    clean = _build(dib, "clean", "--no-cache")
+    assert not any(s["cached"] for s in clean["steps"])
+    cached, fresh = _tree(dib.image("cached")), _tree(dib.image("clean"))
+    assert cached == fresh
+    # whiteouts and replaced directories came out right through cached layers
+    assert "./opt/t/dir/x" not in cached and cached["./opt/t/dir"][0] == tarfile.REGTYPE
+    assert "./bin/vi" not in cached
+    assert "./opt/t/post-root" in cached
+
+
+def test_no_cache_neither_reads_nor_writes_the_cache(dib):
+    cache = dib.tmp_dir.parent / "image-cache"
+    _build(dib, "one", "--no-cache")
+    assert not (cache / "layers").exists() or not any((cache / "layers").iterdir())
+    second = _build(dib, "two")
+    assert not any(s["cached"] for s in second["steps"])
+
+
+def test_changing_element_data_reruns_every_chroot_step(dib):
+    _build(dib, "one")
+    (dib.elements / "t-cache" / "data.txt").write_text("new data\n")
+    steps = _steps(_build(dib, "two"))
+    assert steps["root.d"]["changed"] == ["elements"]
+    assert not steps["install.d/20-t-cache-a"]["cached"]
+
+
+def test_a_dib_variable_is_part_of_the_key(dib):
+    _build(dib, "one")
+    proc = dib.run("t-cache", name="two", env={"DIB_T_CACHE_KNOB": "1"})
+    assert proc.returncode == 0, proc.stderr
+    steps = _steps(dib.report("two"))
+    assert not steps["root.d"]["cached"] and "build" in steps["root.d"]["changed"]
+
+
+def test_two_concurrent_builds_share_the_cache_safely(dib):
+    procs = [dib.start("t-cache", name=f"c{i}") for i in range(2)]
+    for p in procs:
+        assert p.wait(timeout=120) == 0, dib.stderr_of_started()
+    assert _tree(dib.image("c0")) == _tree(dib.image("c1"))
+    third = _build(dib, "c2")
+    assert all(s["cached"] for s in third["steps"])
+
+
+def test_dib_cache_lists_and_prunes(dib):
+    _build(dib, "one")
+    cache = dib.tmp_dir.parent / "image-cache"
+    cmd = [str(builds.REPO / "bin" / "dib-cache"), "--image-cache", str(cache)]
+    listing = subprocess.run(cmd + ["list"], capture_output=True, text=True)
+    assert listing.returncode == 0, listing.stderr
+    assert "install.d/80-t-cache-late" in listing.stdout and "images" in listing.stdout
+    # entries just used are protected: a running build may have them mounted
+    kept = subprocess.run(cmd + ["prune", "--all"], capture_output=True, text=True)
+    assert kept.returncode == 0 and "dropped 0 entries" in kept.stdout
+    bad = subprocess.run(cmd + ["prune", "--max-size", "lots"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a size" in bad.stderr
