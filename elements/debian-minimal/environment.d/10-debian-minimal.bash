@@ -1,0 +1,7 @@
+export DISTRO_NAME=debian
+export DIB_RELEASE=${DIB_RELEASE:-bookworm}
+export DIB_INIT_SYSTEM=systemd
+export EFI_BOOT_DIR="EFI/debian"
+export DIB_DEBIAN_COMPONENTS=${DIB_DEBIAN_COMPONENTS:-main}
+# what the bootstrap installs besides minbase (part of its cache key)
+export DIB_DEBOOTSTRAP_INCLUDE="systemd-sysv,busybox,sudo,gnupg${DIB_DEBOOTSTRAP_INCLUDE:+,$DIB_DEBOOTSTRAP_INCLUDE}"

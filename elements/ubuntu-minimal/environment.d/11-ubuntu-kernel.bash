@@ -1,0 +1,2 @@
+export DIB_UBUNTU_KERNEL=${DIB_UBUNTU_KERNEL:-linux-image-generic}
+export DIB_DEBOOTSTRAP_INCLUDE="systemd-sysv,busybox,sudo${DIB_DEBOOTSTRAP_INCLUDE:+,$DIB_DEBOOTSTRAP_INCLUDE}"

@@ -1,0 +1,1 @@
+export T_PKGS_FLAG=${T_PKGS_FLAG:-on}
