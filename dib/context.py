@@ -28,6 +28,9 @@ from dib.workdir import Workdir
 
 log = logging.getLogger("dib.build")
 
+#: the directory that holds the dib package (for PYTHONPATH of host-side hooks)
+DIB_IMPORT_ROOT = os.fspath(Path(__file__).resolve().parent.parent)
+
 #: the caller's variables that never reach hooks
 DROPPED_ENV = {"TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PATH", "LD_PRELOAD",
                "LD_LIBRARY_PATH", "PWD", "OLDPWD", "SHLVL", "_", "PS1", "PROMPT_COMMAND",
@@ -84,6 +87,9 @@ class BuildContext:
             env["TARGET_ROOT"] = os.fspath(root)
         if phase.in_chroot:
             env["HOME"] = "/root"
+        else:
+            # host-side helpers ("$DIB_PYTHON_EXEC" -m dib.xxx) work from a checkout too
+            env["PYTHONPATH"] = DIB_IMPORT_ROOT
         return env
 
     def context(self, name: str, root: Path) -> PhaseContext:
@@ -163,6 +169,7 @@ def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
         "DIB_LOCKFILES": os.fspath(cfg.image_cache / "lockfiles"),
         "DIB_CHROOT_CACHE": "/" + chroot.CHROOT_CACHE,
         "DIB_OFFLINE": "1" if cfg.offline else "",
+        "DIB_NO_CACHE": "1" if cfg.no_cache else "",
         "DIB_DEBUG_TRACE": str(cfg.trace),
         "DIB_PYTHON_EXEC": sys.executable,
         "DIB_ARGS": shlex.join(cfg.argv),

@@ -15,6 +15,7 @@ relative to that directory).
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import json
@@ -61,6 +62,18 @@ def tree_digest(root: Path, skip_top: Sequence[str] = ()) -> str:
                         h.update(block)
         h.update(b"\n")
     return h.hexdigest()
+
+
+def snapshot(root: Path) -> Dict[str, tuple]:
+    """relative path -> (size, mtime) of every regular file below ``root``."""
+    out = {}
+    for dirpath, _, filenames in os.walk(root):
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode):
+                out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
+    return out
 
 
 def file_digest(path: Path) -> str:
@@ -142,6 +155,29 @@ class LayerStore:
             raise
         finally:
             shutil.rmtree(work, ignore_errors=True)
+
+    def save_hooks_delta(self, key: str, hooks: Path, before: Mapping[str, tuple]) -> None:
+        """Keep the files a host step added to or changed in the hooks tree."""
+        if self._index is None:
+            return
+        delta = {}
+        for rel, sig in snapshot(hooks).items():
+            if before.get(rel) != sig:
+                path = hooks / rel
+                delta[rel] = [stat.S_IMODE(path.stat().st_mode),
+                              base64.b64encode(path.read_bytes()).decode()]
+        if delta:
+            log.debug("step %s wrote into the hooks tree: %s", key, ", ".join(sorted(delta)))
+        self._index.set_note(f"hooks:{key}", delta)
+
+    def restore_hooks_delta(self, key: str, hooks: Path) -> None:
+        if self._index is None:
+            return
+        for rel, (mode, data) in (self._index.note(f"hooks:{key}") or {}).items():
+            path = hooks / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(base64.b64decode(data))
+            os.chmod(path, mode)
 
     def close(self) -> None:
         """Remove the upper directories of this build that did not become cached layers

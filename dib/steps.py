@@ -50,16 +50,24 @@ class Chain:
 
 
 def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str, Any],
-          body: Callable[[Path], None], *, base: bool = False) -> str:
-    """Reuse the layer for ``inputs`` or run ``body`` on a fresh one; returns the key."""
+          body: Callable[[Path], None], *, base: bool = False, host: bool = False) -> str:
+    """Reuse the layer for ``inputs`` or run ``body`` on a fresh one; returns the key.
+
+    A ``host`` step (root.d, post-root.d) may also write into the hooks tree (e.g. an
+    environment.d file for later phases); what it wrote is kept with its layer and put back
+    when the layer is reused.
+    """
     key = layers.step_key(inputs)
     start = time.monotonic()
     hit = b.store.lookup(key)
     if hit is not None:
         tree.add_layer(hit)
+        if host:
+            b.store.restore_hooks_delta(key, b.wd.hooks)
         b.steps.append(StepRecord(step_id, key, True, 0.0))
         log.info("%s  (cached)", step_id)
         return key
+    before = layers.snapshot(b.wd.hooks) if host else None
     changed = tuple(layers.changed_inputs(b.store.last_inputs(step_id), inputs))
     if b.store.enabled:
         log.debug("%s: cache miss, changed: %s", step_id, ", ".join(changed))
@@ -71,6 +79,8 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
             with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
                 body(mnt)
         layer = b.store.commit(key, upper, step_id, inputs)
+    if before is not None:
+        b.store.save_hooks_delta(key, b.wd.hooks, before)
     tree.add_layer(layer)
     b.steps.append(StepRecord(step_id, key, False, round(time.monotonic() - start, 3), changed))
     return key
@@ -95,7 +105,7 @@ def _root_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
                                               "populate $TARGET_ROOT")
 
     chain.prev = _step(b, tree, "root.d", chain.inputs("root.d", scripts=digests), body,
-                       base=True)
+                       base=True, host=True)
 
 
 def _extra_data_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
@@ -134,7 +144,7 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) 
 
         inputs = chain.inputs(step_id, element=script.element,
                               script=layers.file_digest(script.path))
-        chain.prev = _step(b, tree, step_id, inputs, body)
+        chain.prev = _step(b, tree, step_id, inputs, body, host=not ctx_phase.in_chroot)
     if b.has_break(ctx_phase):
         _shell_step(b, tree, f"after-{ctx_phase.short}", phase)
     if phase == "install.d" and b.cfg.packages:
