@@ -235,6 +235,21 @@ def all_entries(root: Path) -> list:
     return sorted(entries, key=lambda e: e.used or e.created)
 
 
+def layers_in_use() -> set:
+    """Names of the directories some overlay mount on this machine uses right now (builds
+    pass layers by name, relative to the layer directory)."""
+    names = set()
+    with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
+        for line in f:
+            if " - overlay " not in line:
+                continue
+            for opt in line.rsplit(" ", 1)[-1].strip().split(","):
+                key, _, value = opt.partition("=")
+                if key in ("lowerdir", "upperdir", "workdir"):
+                    names.update(os.path.basename(p) for p in value.split(":"))
+    return names
+
+
 def prune_lru(root: Path, max_bytes: int, *, min_idle: float = 600.0) -> list:
     """Drop least-recently-used entries until the cache holds at most ``max_bytes``.
 
@@ -244,10 +259,11 @@ def prune_lru(root: Path, max_bytes: int, *, min_idle: float = 600.0) -> list:
     total = sum(e.size for e in entries)
     dropped = []
     now = time.time()
+    mounted = layers_in_use()
     for e in entries:
         if total <= max_bytes:
             break
-        if now - (e.used or e.created) < min_idle:
+        if now - (e.used or e.created) < min_idle or Path(e.path).name in mounted:
             continue
         ArtifactCache(root, e.kind).drop(e)
         total -= e.size

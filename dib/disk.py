@@ -12,11 +12,11 @@ import contextlib
 import logging
 from pathlib import Path
 
-from dib import blockdev, cmd, outputs, resolver
+from dib import artifacts, blockdev, cmd, outputs, resolver
 from dib.blockdev.partition import PartitioningSpec
 from dib.config import BuildConfig, ImageFormat
 from dib.context import BuildContext, finish_tree
-from dib.errors import ConfigError
+from dib.errors import CommandFailed, ConfigError, DibError
 from dib.steps import FINAL_PHASES
 from dib.tree import LayeredTree
 
@@ -24,14 +24,16 @@ log = logging.getLogger("dib.build")
 
 
 def write_archives(b: BuildContext, tree: Path) -> None:
-    """tar/tgz outputs of ``tree``, which must have nothing but the image mounted below it."""
-    for fmt in (f for f in b.cfg.formats if not f.is_disk):
+    """tar/tgz outputs of ``tree``, which must have nothing but the image mounted below it;
+    then docker/oci and the package list for the manifest (:mod:`dib.artifacts`)."""
+    for fmt in (f for f in b.cfg.formats if f in (ImageFormat.TAR, ImageFormat.TGZ)):
         dest = b.cfg.output_path(fmt)
         log.info("writing %s", dest)
         with b.timings.measure("output", fmt.value), \
                 outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
             outputs.write_tar(tree, tmp, gzip=fmt is ImageFormat.TGZ)
         b.add_output(dest)
+    artifacts.write_tree_artifacts(b, tree)
 
 
 def block_device_config_text(cfg: BuildConfig, res: resolver.Resolution) -> str:
@@ -84,6 +86,17 @@ def image_size(cfg: BuildConfig, tree_bytes: int, config: "blockdev.Config") -> 
     return (size + mib - 1) // mib * mib
 
 
+def _copy_tree(tree: Path, dest: Path, tree_bytes: int, disk_bytes: int) -> None:
+    try:
+        cmd.run(["cp", "-a", "--sparse=always", f"{tree}/.", f"{dest}/"], tail=5)
+    except CommandFailed as exc:
+        if "No space left on device" not in exc.output_tail:
+            raise
+        raise DibError(f"the tree ({tree_bytes >> 20} MiB) does not fit in the root filesystem "
+                       f"of the {disk_bytes >> 20} MiB disk", hint="give more room with "
+                       "DIB_IMAGE_EXTRA_SIZE=<MiB> or --image-size <GiB>") from None
+
+
 def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
     """Lay the tree onto the block device, run the final phases there, write the outputs."""
     cfg, wd = b.cfg, b.wd
@@ -105,7 +118,7 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
         with b.timings.measure("phase", "(block device)"):
             state = blockdev.BlockDevice(config, params).create(disk)
         with b.timings.measure("phase", "(copy tree)"):
-            cmd.run(["cp", "-a", "--sparse=always", f"{view}/.", f"{wd.mnt}/"])
+            _copy_tree(view, wd.mnt, tree_bytes, size)
         (wd.mnt / "etc").mkdir(exist_ok=True)
         (wd.mnt / "etc" / "fstab").write_text(state.fstab())
         b.env.update({
@@ -130,7 +143,7 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
 
 
 def _convert_disks(b: BuildContext, raw: Path) -> None:
-    disks = [f for f in b.cfg.formats if f.is_disk]
+    disks = [f for f in b.cfg.formats if f.is_qemu_disk]
     # raw last: it can take the file itself when nothing else needs it any more
     for fmt in sorted(disks, key=lambda f: f is ImageFormat.RAW):
         dest = b.cfg.output_path(fmt)
@@ -146,3 +159,4 @@ def _convert_disks(b: BuildContext, raw: Path) -> None:
                     compression_type=b.cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE")
                     or outputs.DEFAULT_COMPRESSION_TYPE))
         b.add_output(dest)
+    artifacts.write_disk_artifacts(b, raw)

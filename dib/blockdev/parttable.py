@@ -18,6 +18,7 @@ import contextlib
 import logging
 import os
 import stat
+import time
 from pathlib import Path
 from typing import Dict, List
 
@@ -87,17 +88,39 @@ def map_partitions(stack: contextlib.ExitStack, device: str, layout: Layout) -> 
     nodes: Dict[str, str] = {}
     for name, number in wanted.items():
         node = partition_node(device, number)
-        if not os.path.exists(node):
-            _mknod(SYS_BLOCK / f"{sysname}p{number}" / "dev", node)
+        if _ensure_node(SYS_BLOCK / f"{sysname}p{number}" / "dev", node):
             stack.callback(_unlink, node)
         nodes[name] = node
     return nodes
 
 
-def _mknod(dev_file: Path, node: str) -> None:
+def _ensure_node(dev_file: Path, node: str, wait: float = 1.0) -> bool:
+    """Make ``node`` the block device sysfs names in ``dev_file``; True if we created it.
+
+    devtmpfs usually creates the node itself (give it a moment). An existing node is checked:
+    partition minors are allocated dynamically, so a node left behind by another loop device
+    may point at a different partition -- mkfs on it would hit the wrong disk.
+    """
     major, minor = (int(x) for x in dev_file.read_text().strip().split(":"))
+    expected = os.makedev(major, minor)
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            st = os.stat(node)
+        except FileNotFoundError:
+            if time.monotonic() < deadline:
+                time.sleep(0.02)
+                continue
+            break
+        if stat.S_ISBLK(st.st_mode) and st.st_rdev == expected:
+            return False
+        log.warning("%s is %d:%d, not the partition %d:%d; replacing it", node,
+                    os.major(st.st_rdev), os.minor(st.st_rdev), major, minor)
+        os.unlink(node)
+        break
     log.debug("mknod %s b %d %d", node, major, minor)
-    os.mknod(node, stat.S_IFBLK | 0o600, os.makedev(major, minor))
+    os.mknod(node, stat.S_IFBLK | 0o600, expected)
+    return True
 
 
 def _unlink(node: str) -> None:
