@@ -30,6 +30,8 @@ log = logging.getLogger("dib.build")
 
 SCRIPT_PHASES = ("pre-install.d", "install.d", "post-install.d", "post-root.d")
 FINAL_PHASES = ("pre-finalise.d", "finalise.d", "cleanup.d")
+#: element files that cannot change the image (documentation, the element's own tests)
+NOT_INPUTS = ("README.rst", "README.md", "tests", "test-elements")
 
 
 class Chain:
@@ -41,7 +43,7 @@ class Chain:
         self.build = layers.step_key(layers.build_inputs(b.cfg.arch, b.cfg.env, b.cfg.packages))
         # element data (everything but hook scripts): any change re-runs every step
         self.elements = layers.step_key({e.name: layers.tree_digest(
-            e.path, skip_top=PHASE_NAMES) for e in b.res.ordered()})
+            e.path, skip_top=PHASE_NAMES + NOT_INPUTS) for e in b.res.ordered()})
         self.shared = ""
 
     def inputs(self, step: str, **extra: Any) -> Dict[str, Any]:
