@@ -35,7 +35,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib import cmd, mirror
 from dib.cache import ArtifactCache, cache_key, describe_inputs, file_sha256
-from dib.errors import ConfigError, DibError
+from dib.errors import ConfigError, DibError, report
 
 log = logging.getLogger("dib.bootstrap")
 
@@ -439,9 +439,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             return 0
         run(os.environ)
     except DibError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        sys.stderr.write(report(exc))
         return 1
     return 0
 

@@ -14,7 +14,7 @@ import traceback
 from typing import Callable, List, Optional, Sequence
 
 from dib import __version__
-from dib.errors import DibError
+from dib.errors import DibError, report
 
 log = logging.getLogger("dib")
 
@@ -27,9 +27,7 @@ def _guarded(main: Callable[[List[str]], int], argv: Optional[Sequence[str]]) ->
     except DibError as exc:
         if debug:
             traceback.print_exc()
-        sys.stderr.write(f"error: {exc.message}\n")
-        if exc.hint:
-            sys.stderr.write(f"hint: {exc.hint}\n")
+        sys.stderr.write(report(exc))
         return exc.exit_code
     except KeyboardInterrupt:
         if debug:
@@ -123,6 +121,14 @@ def element_info(argv: Optional[Sequence[str]] = None) -> int:
 def _disk_image_create(argv: List[str]) -> int:
     from dib import config, log as dlog
 
+    if any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
+        from dib import recipe
+        outcome = recipe.run(argv, dict(os.environ))
+        for path in outcome.outputs:
+            print(path)
+        if outcome.error is not None:
+            raise outcome.error
+        return 0
     cfg = config.parse_args(argv, dict(os.environ))
     dlog.setup(verbose=cfg.trace, quiet=cfg.quiet)
     if cfg.action == "cleanup":

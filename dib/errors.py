@@ -113,5 +113,13 @@ class BlockDeviceError(DibError):
     pass
 
 
+def report(exc: DibError) -> str:
+    """What a user sees for ``exc``: ``error: <message>`` and, when there is one, the hint."""
+    text = f"error: {exc.message}\n"
+    if exc.hint:
+        text += f"hint: {exc.hint}\n"
+    return text
+
+
 def _indent(text: str, prefix: str = "    ") -> str:
     return "\n".join(prefix + line for line in text.rstrip("\n").splitlines())

@@ -40,7 +40,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from dib import pkgmap
-from dib.errors import ConfigError, DibError
+from dib.errors import ConfigError, DibError, report
 
 log = logging.getLogger("dib.package_installs")
 
@@ -339,9 +339,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 if pkgs:
                     log.info("package-installs %s %s: %s", phase, kind, " ".join(pkgs))
     except DibError as exc:
-        print(f"ERROR: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+        sys.stderr.write(report(exc))
         return 1
     return 0
 
