@@ -23,6 +23,7 @@ from typing import Any, Dict, List, Optional
 from dib import __version__, blockdev, chroot, cmd, disk, element, hooks, interrupt, layers
 from dib import log as dlog
 from dib import outputs, resolver, steps
+from dib import artifacts
 from dib.cache import ArtifactCache
 from dib.config import BuildConfig, describe
 from dib.context import BuildContext, hook_environment
@@ -63,7 +64,8 @@ def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) ->
             "compression_type": cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE", ""),
             "size": [cfg.image_size_gib, cfg.image_extra_size_mib], "fs_type": cfg.fs_type,
             "root_label": cfg.root_label, "mkfs_options": cfg.mkfs_options,
-            "block_size": b.block_size, "seed": cfg.env.get("DIB_UUID_SEED", "")}
+            "block_size": b.block_size, "seed": cfg.env.get("DIB_UUID_SEED", ""),
+            **({"artifacts": extra} if (extra := artifacts.cache_inputs(cfg)) else {})}
 
 
 def _reuse_image(b: BuildContext, images: ArtifactCache, key: str) -> bool:
@@ -74,6 +76,11 @@ def _reuse_image(b: BuildContext, images: ArtifactCache, key: str) -> bool:
     for fmt, entry in zip(b.cfg.formats, entries):
         dest = b.cfg.output_path(fmt)
         log.info("writing %s (cached image)", dest)
+        if fmt.is_directory:  # an OCI layout, kept in the cache as a tar
+            artifacts.restore_directory(b, fmt, entry.path, dest)
+            b.has_esp = bool(entry.inputs.get("has_esp"))
+            images.touch(entry.key)
+            continue
         with b.timings.measure("output", f"{fmt.value} (cached)"), \
                 outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
             cmd.run(["cp", "--reflink=auto", "--sparse=always", entry.path, tmp])
@@ -87,6 +94,10 @@ def _store_image(b: BuildContext, images: ArtifactCache, key: str,
                  inputs: Dict[str, Any]) -> None:
     for fmt in b.cfg.formats:
         src = b.cfg.output_path(fmt)
+        if fmt.is_directory:  # an OCI layout: cached as a tar of it
+            images.store(f"{key}-{fmt.value}", ".tar", {**inputs, "has_esp": b.has_esp},
+                         lambda tmp, src=src: artifacts.pack_directory(src, tmp))
+            continue
         images.store(f"{key}-{fmt.value}", f".{fmt.value}", {**inputs, "has_esp": b.has_esp},
                      lambda tmp, src=src: cmd.run(["cp", "--reflink=auto", "--sparse=always",
                                                    src, tmp]))
@@ -98,7 +109,8 @@ def _build(b: BuildContext, disk_config: Optional[str]) -> None:
     images = ArtifactCache(b.cfg.image_cache, "images") if b.store.enabled else None
     inputs = _image_inputs(b, tree_key, disk_config)
     key = layers.step_key(inputs)
-    if images is not None and _reuse_image(b, images, key):
+    if images is not None and artifacts.restore_state(b, images, key) \
+            and _reuse_image(b, images, key):
         return
     if disk_config is None:
         steps.finalise_tree_only(b, tree)
@@ -109,6 +121,7 @@ def _build(b: BuildContext, disk_config: Optional[str]) -> None:
     if images is not None:
         with b.timings.measure("phase", "(cache image)"):
             _store_image(b, images, key, inputs)
+            artifacts.store_state(b, images, key)
 
 
 def build_image(cfg: BuildConfig) -> BuildResult:
@@ -116,6 +129,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     catalogue = element.discover(element.search_path(cfg.elements_path))
     names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base, arch=cfg.arch)
     res = resolver.resolve(names, catalogue)
+    artifacts.check(cfg)
     _check_host(cfg)
     disk_config = disk.block_device_config_text(cfg, res) if cfg.needs_block_device else None
 
@@ -161,6 +175,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
         hits = sum(1 for s in b.steps if s.hit)
         log.info("build completed successfully (%d of %d steps from the cache)", hits,
                  len(b.steps))
+        artifacts.write_sidecars(b, time.time() - started)
         if cfg.boot_test:
             _boot_test(cfg, uefi=b.has_esp, timings=timings)
     return BuildResult(b.outputs, report_path, logfile)
@@ -189,7 +204,7 @@ def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
     DIB_BOOT_TEST_FIRMWARE=bios); raise DibError unless the console shows the pattern(s)."""
     from dib import boottest
 
-    fmt = next(f for f in cfg.formats if f.is_disk)
+    fmt = next(f for f in cfg.formats if f.is_qemu_disk)
     image = cfg.output_path(fmt)
     expect = [cfg.env["DIB_BOOT_TEST_EXPECT"]] if cfg.env.get("DIB_BOOT_TEST_EXPECT") \
         else list(boottest.DEFAULT_EXPECT)
@@ -200,6 +215,11 @@ def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
                                timeout=float(cfg.env.get("DIB_BOOT_TEST_TIMEOUT", "300")))
     if not result.passed:
         tail = "\n".join(result.serial_text().replace("\r", "").splitlines()[-15:])
+        if not tail.strip():
+            tail = ("(nothing: neither a bootloader nor a kernel wrote to the serial console, so "
+                    "the disk did not boot -- no boot code or EFI loader on it, or GRUB stopped "
+                    "at its rescue prompt, which only the screen shows; is a bootloader "
+                    "installed, e.g. by the vm element?)")
         raise DibError(f"boot test failed: {result.failure} ({'UEFI' if uefi else 'BIOS'}, "
                        f"{result.accel}, {result.seconds:.0f} s)\nlast console lines:\n{tail}",
                        hint=f"the image is {image}; the whole console log is "

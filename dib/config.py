@@ -28,17 +28,35 @@ class ImageFormat(str, enum.Enum):
     VDI = "vdi"
     TAR = "tar"
     TGZ = "tgz"
+    VAGRANT = "vagrant"
+    DOCKER = "docker"
+    OCI = "oci"
 
     @property
     def is_disk(self) -> bool:
         """Needs a block device (as opposed to an archive of the tree)."""
-        return self not in (ImageFormat.TAR, ImageFormat.TGZ)
+        return self not in (ImageFormat.TAR, ImageFormat.TGZ, ImageFormat.DOCKER,
+                            ImageFormat.OCI)
+
+    @property
+    def is_qemu_disk(self) -> bool:
+        """A disk image file converted from the raw disk by qemu-img (bootable as is)."""
+        return self.value in ("qcow2", "raw", "vmdk", "vhd", "vdi")
+
+    @property
+    def is_directory(self) -> bool:
+        """The output is a directory (an OCI image layout), not a file."""
+        return self is ImageFormat.OCI
+
+    @property
+    def suffix(self) -> str:
+        """The output's file name extension (``<image>.<suffix>``)."""
+        return {"vagrant": "box", "docker": "docker.tar"}.get(self.value, self.value)
 
 
 #: formats whose implementation lands with a later issue, and which issue that is
 PENDING_FORMATS: Dict[str, str] = {
     "squashfs": "is not supported",
-    "docker": "lands with the artifacts work (-t docker/oci)",
     "aci": "is not supported (the App Container format is dead; use -t docker)",
 }
 
@@ -90,7 +108,7 @@ class BuildConfig:
     env: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def output_path(self, fmt: ImageFormat) -> Path:
-        return Path(f"{self.image_name}.{fmt.value}")
+        return Path(f"{self.image_name}.{fmt.suffix}")
 
     @property
     def report_dir(self) -> Path:
@@ -113,7 +131,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-o", dest="image_name", help="output base name (default: image)")
     p.add_argument("-t", dest="types", action="append",
                    help="output type(s), comma separated: qcow2 (default), raw, vmdk, vhd, "
-                        "vdi, tar, tgz")
+                        "vdi, tar, tgz, vagrant (.box), docker (.docker.tar), oci (layout "
+                        "directory)")
     p.add_argument("-x", dest="trace", action="count", default=0,
                    help="trace; repeat for more (DIB_DEBUG_TRACE)")
     p.add_argument("-u", dest="uncompressed", action="store_true",
@@ -138,7 +157,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--mkfs-options", help="extra options for the root filesystem's mkfs")
     p.add_argument("--qemu-img-options", help="options for qemu-img convert -o")
     p.add_argument("--install-type", help="default install type (DIB_DEFAULT_INSTALLTYPE)")
-    p.add_argument("--docker-target", help="repo:tag for -t docker")
+    p.add_argument("--docker-target", help="repo:tag for -t docker and -t oci "
+                                           "(default: <image name>:latest)")
+    p.add_argument("--recipe", action="append", metavar="FILE",
+                   help="build the image(s) a YAML recipe describes (repeatable; takes no "
+                        "ELEMENT; see docs/artifacts.md)")
+    p.add_argument("--stop-on-failure", action="store_true",
+                   help="with --recipe: stop at the first image that fails")
     p.add_argument("--max-online-resize", help="ext4 resize limit (blocks)")
     p.add_argument("--mkfs-journal-size", help="ext4 journal size in MiB")
     p.add_argument("--no-cache", action="store_true",
@@ -230,12 +255,14 @@ def parse_args(argv: List[str], environ: Mapping[str, str]) -> BuildConfig:
                               "block-device work")
 
     formats = _formats(args.types or [], env)
-    if args.boot_test and not any(f.is_disk for f in formats):
+    if args.boot_test and not any(f.is_qemu_disk for f in formats):
         raise ConfigError("--boot-test needs a disk image output (qcow2, raw, vmdk, ...)",
                           hint="add -t qcow2")
     image_name = args.image_name or env.get("IMAGE_NAME") or "image"
-    if len(formats) == 1 and image_name.endswith("." + formats[0].value):
-        image_name = image_name[: -len(formats[0].value) - 1]
+    for ext in (formats[0].suffix, formats[0].value) if len(formats) == 1 else ():
+        if image_name.endswith("." + ext):
+            image_name = image_name[: -len(ext) - 1]
+            break
 
     size = args.image_size or env.get("DIB_IMAGE_SIZE")
     extra = args.image_extra_size or env.get("DIB_IMAGE_EXTRA_SIZE")
