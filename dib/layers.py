@@ -216,13 +216,21 @@ def _du(path: Path) -> int:
     return total
 
 
+#: DIB_* variables that only shape the outputs (keyed by the finished-image cache instead)
+#: or the test harness, never the tree
+OUTPUT_ONLY_PREFIXES = ("DIB_BOOT_TEST_", "DIB_QCOW2_", "DIB_E2E_", "DIB_TEST_", "DIB_LIBVIRT_",
+                        "DIB_CONTAINER_", "DIB_CACHE_", "DIB_UUID_SEED", "DIB_IMAGE_SIZE",
+                        "DIB_IMAGE_EXTRA_SIZE", "DIB_BLOCK_SIZE", "DIB_CHECKSUM", "DIB_NO_CACHE",
+                        "DIB_BLOCK_DEVICE_CONFIG")
+
+
 def build_inputs(arch: str, env: Mapping[str, str], packages: Sequence[str]) -> Dict[str, Any]:
     """The build-wide inputs that can change any step's result."""
     volatile = {"DIB_IMAGE_CACHE", "DIB_LOCKFILES", "DIB_DEBUG_TRACE", "DIB_ARGS", "DIB_ENV",
                 "DIB_PYTHON_EXEC", "DIB_OFFLINE", "DIB_QUIET", "DIB_NO_TIMESTAMP",
                 "DIB_CHROOT_CACHE"}
     dib_vars = {k: v for k, v in env.items() if k.startswith("DIB_") and k not in volatile
-                and not k.startswith(("DIB_BOOT_TEST_", "DIB_QCOW2_", "DIB_E2E_", "DIB_TEST_"))}
+                and not k.startswith(OUTPUT_ONLY_PREFIXES)}
     apt = hashlib.sha256()
     for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         with contextlib.suppress(OSError):

@@ -124,7 +124,8 @@ def _extra_data_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
             else:
                 shutil.rmtree(upper)
     # what later steps can read from the hooks tree besides the scripts themselves
-    chain.shared = layers.tree_digest(b.wd.hooks, skip_top=PHASE_NAMES)
+    # (dib-elements.json only lists the elements' paths: where an element lives is no input)
+    chain.shared = layers.tree_digest(b.wd.hooks, skip_top=PHASE_NAMES + ("dib-elements.json",))
 
 
 def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) -> None:
