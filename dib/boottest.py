@@ -57,8 +57,7 @@ def kvm_works() -> bool:
 
 def _firmware(uefi: bool, workdir: Path) -> list:
     if not uefi:
-        # SeaBIOS on the serial port too, so "No bootable device" shows up at once
-        return ["-fw_cfg", "name=etc/sercon-port,string=0x3f8"]
+        return []
     code = next((p for p in OVMF_CODE if os.path.exists(p)), None)
     vars_ = next((p for p in OVMF_VARS if os.path.exists(p)), None)
     if code is None or vars_ is None:
