@@ -75,6 +75,11 @@ def write_table(device: str, layout: Layout) -> None:
 def map_partitions(stack: contextlib.ExitStack, device: str, layout: Layout) -> Dict[str, str]:
     """Make the partitions of ``device`` appear as ``/dev`` nodes; returns {name: node}."""
     sysname = os.path.basename(device)
+    # A loop device can carry partitions from an earlier user (partitions added by partx
+    # survive a detach): drop them, or partx --add fails and the stale ones stand in.
+    if list(SYS_BLOCK.glob(f"{sysname}p*")):
+        log.info("%s still has partitions from an earlier user; removing them", device)
+        cmd.run(["partx", "--delete", device], check=False, capture=True)
     result = cmd.run(["partx", "--add", device], check=False, capture=True)
     stack.callback(_remove_partitions, device)
     wanted = {slot.spec.name: slot.number for slot in layout.slots}
@@ -85,6 +90,7 @@ def map_partitions(stack: contextlib.ExitStack, device: str, layout: Layout) -> 
             f"partitions {missing} of {device} did not appear after 'partx --add' "
             f"(exit status {result.returncode}): {result.tail.strip()}",
             hint="check 'partx --show' and 'dmesg' for the partition table the kernel sees")
+    _check_geometry(device, layout)
     nodes: Dict[str, str] = {}
     for name, number in wanted.items():
         node = partition_node(device, number)
@@ -92,6 +98,22 @@ def map_partitions(stack: contextlib.ExitStack, device: str, layout: Layout) -> 
             stack.callback(_unlink, node)
         nodes[name] = node
     return nodes
+
+
+def _check_geometry(device: str, layout: Layout) -> None:
+    """Each partition the kernel shows must be where the layout put it (sysfs counts in
+    512-byte units whatever the sector size)."""
+    sysname = os.path.basename(device)
+    unit = layout.sector_size // 512
+    for slot in layout.slots:
+        part = SYS_BLOCK / f"{sysname}p{slot.number}"
+        start, size = (int((part / f).read_text()) for f in ("start", "size"))
+        if (start, size) != (slot.start * unit, slot.size * unit):
+            raise BlockDeviceError(
+                f"partition {slot.number} ({slot.spec.name}) of {device} is at {start}+{size} "
+                f"in the kernel, not {slot.start * unit}+{slot.size * unit} as written",
+                hint="another program may be using the loop device; run "
+                     "'partx --delete' on it or detach it")
 
 
 def _ensure_node(dev_file: Path, node: str, wait: float = 1.0) -> bool:

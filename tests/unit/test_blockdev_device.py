@@ -194,19 +194,51 @@ def _layout(params: Params) -> partition.Layout:
 
 def test_map_partitions_uses_partx_and_registers_its_undo(
         tmp_path: Path, params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
-    sysfs = tmp_path / "sys"
-    for n in (1, 2):
-        (sysfs / f"loop9p{n}").mkdir(parents=True)
-        (sysfs / f"loop9p{n}" / "dev").write_text(f"259:{n}\n")
+    monkeypatch.setattr(parttable, "SYS_BLOCK", tmp_path / "sys")
     device = str(tmp_path / "loop9")
-    for n in (1, 2):
-        Path(f"{device}p{n}").write_text("")           # the kernel made the nodes
-    monkeypatch.setattr(parttable, "SYS_BLOCK", sysfs)
-    fake = FakeRunner()
+
+    class AddMakesPartitions(FakeRunner):  # the kernel shows them once partx --add ran
+        def __call__(self, argv: List[str], **kwargs: Any) -> cmd.Result:
+            if argv[:2] == ["partx", "--add"]:
+                _fake_partitions(tmp_path, _layout(params), monkeypatch)
+            return super().__call__(argv, **kwargs)
+
+    fake = AddMakesPartitions()
     with cmd.use_runner(fake), contextlib.ExitStack() as stack:
         nodes = parttable.map_partitions(stack, device, _layout(params))
         assert nodes == {"a": f"{device}p1", "b": f"{device}p2"}
     assert fake.calls == [["partx", "--add", device], ["partx", "--delete", device]]
+
+
+def _fake_partitions(tmp_path: Path, layout, monkeypatch: pytest.MonkeyPatch,
+                     shift: int = 0) -> str:
+    """sysfs entries and /dev nodes as the kernel shows the partitions of ``layout`` (moved
+    by ``shift`` sectors, to play stale partitions of an earlier user)."""
+    sysfs = tmp_path / "sys"
+    for slot in layout.slots:
+        part = sysfs / f"loop9p{slot.number}"
+        part.mkdir(parents=True)
+        (part / "dev").write_text(f"259:{slot.number}\n")
+        (part / "start").write_text(f"{slot.start + shift}\n")
+        (part / "size").write_text(f"{slot.size}\n")
+    device = str(tmp_path / "loop9")
+    for slot in layout.slots:
+        Path(f"{device}p{slot.number}").write_text("")  # the kernel made the nodes
+    monkeypatch.setattr(parttable, "SYS_BLOCK", sysfs)
+    return device
+
+
+def test_partitions_of_an_earlier_user_are_removed_first_and_checked(
+        tmp_path: Path, params: Params, monkeypatch: pytest.MonkeyPatch) -> None:
+    # partitions partx added survive a detach: the next user sees them before --add,
+    # and when they stay (wrong place) mkfs must not run on them
+    device = _fake_partitions(tmp_path, _layout(params), monkeypatch, shift=2048)
+    fake = FakeRunner()
+    with cmd.use_runner(fake), pytest.raises(BlockDeviceError, match="in the kernel, not"):
+        with contextlib.ExitStack() as stack:
+            parttable.map_partitions(stack, device, _layout(params))
+    assert fake.calls == [["partx", "--delete", device], ["partx", "--add", device],
+                          ["partx", "--delete", device]]
 
 
 def test_missing_partitions_are_an_error_and_still_undone(
