@@ -193,6 +193,16 @@ def _number(value: str, what: str, kind=float):
     return n
 
 
+def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
+    """``env[name]`` as a positive whole number (``default`` when unset or empty)."""
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    if not value.isdigit() or int(value) <= 0:
+        raise ConfigError(f"{name} must be a positive whole number, not '{value}'")
+    return int(value)
+
+
 def _flag(env: Mapping[str, str], name: str) -> bool:
     return env.get(name, "").strip().lower() not in ("", "0", "false", "no")
 

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 from xml.sax.saxutils import escape
 
+from dib.config import positive_int
 from dib.errors import ConfigError
 
 #: qemu-img format -> libvirt's <driver type=...>
@@ -74,14 +75,6 @@ ${console_xml}
 """
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or int(value) <= 0:
-        raise ConfigError(f"{name} must be a positive whole number, not '{value}'")
-    return int(value)
-
 
 @dataclass(frozen=True)
 class DomainSettings:
@@ -119,7 +112,7 @@ class DomainSettings:
         if tpl and not Path(tpl).is_file():
             raise ConfigError(f"DIB_LIBVIRT_TEMPLATE: {tpl} is not a file")
         enabled = env.get("DIB_LIBVIRT_XML", "1").strip().lower() not in ("0", "no", "false")
-        return cls(name, _int(env, "DIB_LIBVIRT_MEMORY", 1024), _int(env, "DIB_LIBVIRT_VCPUS", 2),
+        return cls(name, positive_int(env, "DIB_LIBVIRT_MEMORY", 1024), positive_int(env, "DIB_LIBVIRT_VCPUS", 2),
                    dtype, firmware, env.get("DIB_LIBVIRT_MACHINE", "").strip(), network,
                    serial, Path(tpl) if tpl else None, enabled)
 

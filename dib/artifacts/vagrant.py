@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
+from dib.config import positive_int
 from dib.errors import ConfigError
 
 GIB = 1 << 30
@@ -49,22 +50,14 @@ class VagrantSettings:
         vf = env.get("DIB_VAGRANT_VAGRANTFILE", "").strip()
         if vf and not Path(vf).is_file():
             raise ConfigError(f"DIB_VAGRANT_VAGRANTFILE: {vf} is not a file")
-        return cls(user, driver, _positive(env, "DIB_VAGRANT_MEMORY", 1024),
-                   _positive(env, "DIB_VAGRANT_CPUS", 2), Path(vf) if vf else None)
+        return cls(user, driver, positive_int(env, "DIB_VAGRANT_MEMORY", 1024),
+                   positive_int(env, "DIB_VAGRANT_CPUS", 2), Path(vf) if vf else None)
 
     def cache_inputs(self) -> dict:
         return {"user": self.user, "driver": self.driver, "memory": self.memory_mib,
                 "cpus": self.cpus,
                 "vagrantfile": self.vagrantfile.read_text() if self.vagrantfile else None}
 
-
-def _positive(env: Mapping[str, str], name: str, default: int) -> int:
-    value = env.get(name, "").strip()
-    if not value:
-        return default
-    if not value.isdigit() or int(value) <= 0:
-        raise ConfigError(f"{name} must be a positive whole number, not '{value}'")
-    return int(value)
 
 
 def metadata(virtual_size_bytes: int, fmt: str = "qcow2") -> dict:

@@ -26,6 +26,7 @@ from dib import cmd
 from dib.blockdev import BlockDevice, Params, load_config
 from dib.blockdev.size import MiB
 from dib.errors import BlockDeviceError, CommandFailed, ConfigError
+from tests.lib.blockdev_configs import EFI_TREE
 from tests.lib import caps, leaks
 
 pytestmark = pytest.mark.root
@@ -150,37 +151,7 @@ GPT = """
               fsck-passno: 1
 """
 
-EFI = """
-- local_loop:
-    name: image0
-- partitioning:
-    base: image0
-    label: gpt
-    partitions:
-      - name: ESP
-        type: 'EF00'
-        size: 64MiB
-        mkfs:
-          type: vfat
-          mount:
-            mount_point: /boot/efi
-            fstab:
-              options: "defaults"
-              fsck-passno: 2
-      - name: BSP
-        type: 'EF02'
-        size: 8MiB
-      - name: root
-        type: '8300'
-        size: 100%
-        mkfs:
-          name: mkfs_root
-          mount:
-            mount_point: /
-            fstab:
-              options: "defaults"
-              fsck-passno: 1
-"""
+EFI = EFI_TREE
 
 
 # -- layouts -------------------------------------------------------------------------------------

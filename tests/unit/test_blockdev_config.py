@@ -20,38 +20,9 @@ from dib.blockdev import Params, default_config_text, load_config, mkfs, partiti
 from dib.blockdev.partition import PartitioningSpec
 from dib.blockdev.size import GiB, MiB, Percent, parse_abs_size, parse_size
 from dib.errors import ConfigError, NotYetSupported
+from tests.lib.blockdev_configs import EFI_TREE
 
-EFI_TREE = """
-- local_loop:
-    name: image0
-- partitioning:
-    base: image0
-    label: gpt
-    partitions:
-      - name: ESP
-        type: 'EF00'
-        size: 64MiB
-        mkfs:
-          type: vfat
-          mount:
-            mount_point: /boot/efi
-            fstab:
-              options: "defaults"
-              fsck-passno: 2
-      - name: BSP
-        type: 'EF02'
-        size: 8MiB
-      - name: root
-        type: '8300'
-        size: 100%
-        mkfs:
-          name: mkfs_root
-          mount:
-            mount_point: /
-            fstab:
-              options: "defaults"
-              fsck-passno: 1
-"""
+
 
 EFI_GRAPH = """
 - local_loop:
