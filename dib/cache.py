@@ -134,8 +134,11 @@ class ArtifactCache:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path_for(key, suffix)
         for stale in self.dir.glob(f"{key}{suffix}.tmp.*"):
-            with contextlib.suppress(OSError):
-                stale.unlink()
+            pid = stale.name.rsplit(".", 1)[-1]
+            # only a dead build's leftovers: a live one may be writing its copy right now
+            if not pid.isdigit() or not Path(f"/proc/{pid}").exists():
+                with contextlib.suppress(OSError):
+                    stale.unlink()
         tmp = final.with_name(f"{final.name}.tmp.{os.getpid()}")
         try:
             write(tmp)

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from dib.cache import ArtifactCache, cache_key
+from dib.cache import ArtifactCache, cache_key, file_sha256
 
 log = logging.getLogger("dib.layers")
 
@@ -74,10 +74,6 @@ def snapshot(root: Path) -> Dict[str, tuple]:
             if stat.S_ISREG(st.st_mode):
                 out[os.path.relpath(path, root)] = (st.st_size, st.st_mtime_ns)
     return out
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def step_key(inputs: Mapping[str, Any]) -> str:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, Mapping, Optional
 
 from dib import layers
+from dib.cache import file_sha256
 from dib.context import BuildContext, finish_tree
 from dib.errors import DibError
 from dib.layers import StepRecord
@@ -97,7 +98,7 @@ def _root_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
     if not scripts:
         raise DibError("no element has root.d scripts: nothing creates the root filesystem",
                        hint="include an operating-system element (debian, ubuntu, ...)")
-    digests = {f"{s.element}/{s.name}": layers.file_digest(s.path) for s in scripts}
+    digests = {f"{s.element}/{s.name}": file_sha256(s.path) for s in scripts}
 
     def body(mnt: Path) -> None:
         b.run("root.d", mnt)
@@ -146,7 +147,7 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) 
                            open_shell=lambda why: b.open_shell(why, ctx))
 
         inputs = chain.inputs(step_id, element=script.element,
-                              script=layers.file_digest(script.path))
+                              script=file_sha256(script.path))
         chain.prev = _step(b, tree, step_id, inputs, body, host=not ctx_phase.in_chroot)
     if b.has_break(ctx_phase):
         _shell_step(b, tree, f"after-{ctx_phase.short}", phase)
@@ -190,7 +191,7 @@ def finalise_tree_only(b: BuildContext, tree: LayeredTree) -> None:
 
 def final_scripts_digest(b: BuildContext) -> Dict[str, str]:
     """The scripts of the phases after the tree (part of a finished image's key)."""
-    return {f"{s.phase}/{s.name}": layers.file_digest(s.path)
+    return {f"{s.phase}/{s.name}": file_sha256(s.path)
             for phase in ("block-device.d",) + FINAL_PHASES
             for s in b.tree_hooks.scripts(phase)}
 

@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from dib.cache import file_sha256
 from dib.config import BuildConfig, ImageFormat
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -300,7 +301,7 @@ def _sha256_of(path: Path) -> Optional[str]:
         word = sums.read_text().split()
         if word and len(word[0]) == 64:
             return word[0]
-    return container.sha256_file(path) if path.is_file() else None
+    return file_sha256(path) if path.is_file() else None
 
 
 def _artifact_entries(b: "BuildContext") -> List[Dict[str, Any]]:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
+from dib.cache import file_sha256
 from dib.errors import ConfigError
 
 DOCKER_CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
@@ -94,14 +95,6 @@ def default_reference(image_name: str) -> Reference:
     return Reference(base)
 
 
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(4 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def digest(data: bytes) -> str:
     return "sha256:" + hashlib.sha256(data).hexdigest()
 
@@ -124,7 +117,7 @@ class Layer:
 
     @classmethod
     def of(cls, path: Path) -> "Layer":
-        return cls(path, sha256_file(path), path.stat().st_size)
+        return cls(path, file_sha256(path), path.stat().st_size)
 
 
 @dataclass(frozen=True)
@@ -367,7 +360,7 @@ def verify_oci_layout(layout: Path) -> List[str]:
             return None
         if path.stat().st_size != desc["size"]:
             problems.append(f"size of {desc['digest']}: {path.stat().st_size} != {desc['size']}")
-        if sha256_file(path) != hexd:
+        if file_sha256(path) != hexd:
             problems.append(f"blob {desc['digest']} does not match its digest")
         return path.read_bytes() if desc["size"] < (16 << 20) else None
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from dib.cache import file_sha256
 from dib.artifacts import container, vagrant
 from tests.lib import builds
 
@@ -48,7 +49,7 @@ def dib(tmp_path):
 
 
 def _sha256(path: Path) -> str:
-    return container.sha256_file(path)
+    return file_sha256(path)
 
 
 # -- containers --------------------------------------------------------------------------------
