@@ -32,6 +32,7 @@ import sys
 import tarfile
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -351,7 +352,9 @@ def _vm_without_bootloader(under: Path) -> Path:
     shutil.copytree(src, dest)
     (dest / "finalise.d").mkdir(exist_ok=True)
     wipe = dest / "finalise.d" / "90-t-wipe-bootloader"
-    wipe.write_text(WIPE)
+    # A token of this run makes the final scripts, and so the finished image's cache key, new:
+    # the e2e cache outlives sessions, and a cached image would skip the script under test.
+    wipe.write_text(WIPE + f"# run {uuid.uuid4().hex}\n")
     wipe.chmod(0o755)
     return under
 
