@@ -16,12 +16,12 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional
+from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
-from dib import layers
+from dib import content_keys, layers
 from dib.cache import file_sha256
 from dib.context import BuildContext, finish_tree
-from dib.errors import DibError
+from dib.errors import ConfigError, DibError
 from dib.layers import StepRecord
 from dib.phases import BY_NAME, PHASE_NAMES
 from dib.runparts import phase_environment, run_script
@@ -46,6 +46,8 @@ class Chain:
         self.elements = layers.step_key({e.name: layers.tree_digest(
             e.path, skip_top=PHASE_NAMES + NOT_INPUTS) for e in b.res.ordered()})
         self.shared = ""
+        self.declared = content_keys.load({e.name: e.path for e in b.res.ordered()},
+                                          SCRIPT_PHASES)
 
     def inputs(self, step: str, **extra: Any) -> Dict[str, Any]:
         return {"prev": self.prev, "step": step, "build": self.build,
@@ -53,25 +55,39 @@ class Chain:
 
 
 def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str, Any],
-          body: Callable[[Path], None], *, base: bool = False, host: bool = False) -> str:
+          body: Callable[[Path], None], *, base: bool = False, host: bool = False,
+          declared: Optional[Tuple[content_keys.Declaration, content_keys.Reading,
+                                   Mapping[str, Any]]] = None) -> str:
     """Reuse the layer for ``inputs`` or run ``body`` on a fresh one; returns the key.
 
     A ``host`` step (root.d, post-root.d) may also write into the hooks tree (e.g. an
     environment.d file for later phases); what it wrote is kept with its layer and put back
     when the layer is reused.
+
+    ``declared`` (a step of layer-inputs.yaml, what it read, and the chain's inputs for it):
+    ``inputs`` are then its content inputs; the layer is also looked up by the chain's inputs,
+    and kept under them instead when the step changed a path it did not declare.
     """
     key = layers.step_key(inputs)
     start = time.monotonic()
-    hit = b.store.lookup(key)
-    if hit is not None:
-        tree.add_layer(hit)
-        if host:
-            b.store.restore_hooks_delta(key, b.wd.hooks)
-        b.steps.append(StepRecord(step_id, key, True, 0.0))
-        log.info("%s  (cached)", step_id)
-        return key
+    candidates = [(key, inputs)]
+    if declared is not None:
+        candidates.append((layers.step_key(declared[2]), declared[2]))
+    for key, _ in candidates:
+        hit = b.store.lookup(key)
+        if hit is not None:
+            tree.add_layer(hit)
+            if host:
+                b.store.restore_hooks_delta(key, b.wd.hooks)
+            b.steps.append(StepRecord(step_id, key, True, 0.0))
+            log.info("%s  (cached)", step_id)
+            return key
+    key = candidates[0][0]
     before = layers.snapshot(b.wd.hooks) if host else None
-    changed = tuple(layers.changed_inputs(b.store.last_inputs(step_id), inputs))
+    last = b.store.last_inputs(step_id)
+    # against the form of key the step was last kept under (chained, if it strayed)
+    compare = declared[2] if declared is not None and last and "prev" in last else inputs
+    changed = tuple(layers.changed_inputs(last, compare))
     if b.store.enabled:
         log.debug("%s: cache miss, changed: %s", step_id, ", ".join(changed))
     with b.store.new_upper(step_id) as upper:
@@ -81,6 +97,14 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
         else:
             with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
                 body(mnt)
+        if declared is not None and b.store.enabled:
+            decl, reading, chained = declared
+            stray = content_keys.undeclared(upper, reading.allowed)
+            if stray:
+                log.warning("%s (element %s) changed %s, which its %s does not declare; its "
+                            "layer is keyed by every step before it instead", step_id,
+                            decl.element, ", ".join(stray), content_keys.FILE_NAME)
+                key, inputs = layers.step_key(chained), chained
         layer = b.store.commit(key, upper, step_id, inputs)
     if before is not None:
         b.store.save_hooks_delta(key, b.wd.hooks, before)
@@ -148,11 +172,33 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) 
 
         inputs = chain.inputs(step_id, element=script.element,
                               script=file_sha256(script.path))
-        chain.prev = _step(b, tree, step_id, inputs, body, host=not ctx_phase.in_chroot)
+        decl = chain.declared.get(step_id)
+        if decl is not None and b.store.enabled:
+            chain.prev = _content_step(b, tree, chain, decl, script.element, inputs, body,
+                                       host=not ctx_phase.in_chroot)
+        else:
+            chain.prev = _step(b, tree, step_id, inputs, body, host=not ctx_phase.in_chroot)
     if b.has_break(ctx_phase):
         _shell_step(b, tree, f"after-{ctx_phase.short}", phase)
     if phase == "install.d" and b.cfg.packages:
         chain.prev = _step(b, tree, "-p", chain.inputs("-p"), b.install_extra_packages)
+
+
+def _content_step(b: BuildContext, tree: LayeredTree, chain: Chain,
+                  decl: content_keys.Declaration, owner: str, inputs: Mapping[str, Any],
+                  body: Callable[[Path], None], host: bool) -> str:
+    """A step of layer-inputs.yaml: keyed by what it reads (see :mod:`dib.content_keys`)."""
+    if decl.element != owner:
+        raise ConfigError(f"element {decl.element}: {content_keys.FILE_NAME} declares "
+                          f"{decl.step}, a script of element {owner}",
+                          hint="an element may declare only its own scripts")
+    with tree.view(b.wd.built) as root:
+        reading = content_keys.read(root, decl)
+    own = {k: v for k, v in inputs.items() if k != "prev"}
+    key = _step(b, tree, decl.step, {**own, **reading.inputs}, body, host=host,
+                declared=(decl, reading, inputs))
+    # later steps chain on the whole tree so far, not on this step's content key alone
+    return layers.step_key({"prev": chain.prev, "step": decl.step, "layer": key})
 
 
 def _shell_step(b: BuildContext, tree: LayeredTree, point: str, phase: str) -> None:

@@ -149,3 +149,90 @@ def test_dib_cache_lists_and_prunes(dib):
     assert kept.returncode == 0 and "dropped 0 entries" in kept.stdout
     bad = subprocess.run(cmd + ["prune", "--max-size", "lots"], capture_output=True, text=True)
     assert bad.returncode == 1 and "not a size" in bad.stderr
+
+
+# -- steps keyed by what they read (layer-inputs.yaml) ------------------------------------------
+
+CONTENT_HOOKS = {
+    "install.d": {
+        "10-t-conf": "echo conf-v1 > /etc/t-conf\n",
+        "20-t-app": "mkdir -p /opt/app && echo app-v1 > /opt/app/version\n",
+    },
+    "post-install.d": {
+        # the declared step: reads /etc/t-conf, writes /var/t-out (and scratch in /tmp)
+        "50-t-slow": "mkdir -p /var/t-out && tr a-z A-Z < /etc/t-conf > /var/t-out/result\n"
+                     "touch /tmp/t-scratch\n",
+        "60-t-after": "cat /opt/app/version /var/t-out/result > /opt/app/summary\n",
+    },
+}
+DECLARATION = ("post-install.d/50-t-slow:\n  reads: [/etc/t-conf]\n"
+               "  writes: [/var/t-out, /tmp]\n")
+
+
+@pytest.fixture
+def content_dib(tmp_path):
+    with builds.Dib(tmp_path) as d:
+        make_element(d.elements, "t-content", hooks=CONTENT_HOOKS,
+                     files={"layer-inputs.yaml": DECLARATION})
+        yield d
+
+
+def _content_build(dib, name: str, *args: str):
+    proc = dib.run("t-content", name=name, args=args)
+    assert proc.returncode == 0, proc.stderr
+    return _steps(dib.report(name)), proc
+
+
+def _edit(dib, script: str, old: str, new: str) -> None:
+    path = next((dib.elements / "t-content").glob(f"*/{script}"))
+    path.write_text(path.read_text().replace(old, new))
+
+
+def test_a_declared_step_is_reused_when_only_unrelated_steps_changed(content_dib):
+    dib = content_dib
+    first, _ = _content_build(dib, "one")
+    assert not first["post-install.d/50-t-slow"]["cached"]
+    _edit(dib, "20-t-app", "app-v1", "app-v2")
+    steps, _ = _content_build(dib, "two")
+    assert not steps["install.d/20-t-app"]["cached"]
+    assert steps["post-install.d/50-t-slow"]["cached"]
+    # the step after it chains on the whole tree, so it runs again and sees the new app
+    assert not steps["post-install.d/60-t-after"]["cached"]
+    assert dib.read("opt/app/summary", name="two") == b"app-v2\nCONF-V1\n"
+    # the cached result is the same tree a build without the cache makes
+    _content_build(dib, "clean", "--no-cache")
+    assert _tree(dib.image("two")) == _tree(dib.image("clean"))
+
+
+def test_a_declared_step_runs_again_when_what_it_reads_changed(content_dib):
+    dib = content_dib
+    _content_build(dib, "one")
+    _edit(dib, "10-t-conf", "conf-v1", "conf-v2")
+    steps, _ = _content_build(dib, "two")
+    slow = steps["post-install.d/50-t-slow"]
+    assert not slow["cached"] and slow["changed"] == ["read:/etc/t-conf"]
+    assert dib.read("var/t-out/result", name="two") == b"CONF-V2\n"
+
+
+def test_a_step_that_writes_outside_its_declaration_is_chained_instead(content_dib):
+    dib = content_dib
+    _edit(dib, "50-t-slow", "touch /tmp/t-scratch", "touch /etc/t-undeclared")
+    _, proc = _content_build(dib, "one")
+    assert "post-install.d/50-t-slow (element t-content) changed /etc/t-undeclared, " \
+           "which its layer-inputs.yaml does not declare" in proc.stderr
+    again, _ = _content_build(dib, "two")
+    assert again["post-install.d/50-t-slow"]["cached"]  # cached, by the chain key
+    _edit(dib, "20-t-app", "app-v1", "app-v2")
+    steps, _ = _content_build(dib, "three")
+    assert not steps["post-install.d/50-t-slow"]["cached"]
+    assert steps["post-install.d/50-t-slow"]["changed"] == ["prev"]
+
+
+def test_declaring_another_elements_script_is_an_error(content_dib):
+    dib = content_dib
+    make_element(dib.elements, "t-thief", deps=["t-content"],
+                 files={"layer-inputs.yaml": "post-install.d/50-t-slow:\n  reads: [/etc]\n"})
+    proc = dib.run("t-thief", name="one")
+    assert proc.returncode == 1
+    assert "element t-thief: layer-inputs.yaml declares post-install.d/50-t-slow, a script " \
+           "of element t-content" in proc.stderr

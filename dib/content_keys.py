@@ -1,0 +1,210 @@
+"""Steps keyed by what they read, not by every step before them.
+
+A layer's key normally chains the key of the step before it, so any earlier change re-runs
+every later step. Some steps are slow and depend on a small, known part of the tree: the
+initramfs depends on the kernel, its modules, the installed packages and a few directories
+of configuration, not on the application files an install.d script writes. An element may
+declare such a step in ``layer-inputs.yaml``::
+
+    post-install.d/98-dpkg-initramfs-once:
+      reads: [/boot, /lib/modules, /etc/initramfs-tools, /var/lib/dpkg/status]
+      writes: [/var/tmp]
+
+Its layer is then keyed by the script, the build settings, every element's data and
+environment.d (as every step is) and the contents of the ``reads`` paths in the tree the step
+starts from -- not by the steps before it. ``writes`` are paths the step may create or
+replace whatever the tree held there (scratch space, outputs nobody else writes); it may
+change the ``reads`` paths too, since the same contents there give the same result.
+
+The declaration is checked, not trusted: a step that changes anything outside ``reads`` and
+``writes`` gets a warning naming the path and is cached by the chain key instead.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Dict, Iterable, List, Mapping, Tuple
+
+import yaml
+
+from dib.errors import ConfigError
+from dib.layers import tree_digest
+
+log = logging.getLogger("dib.build")
+
+FILE_NAME = "layer-inputs.yaml"
+_MAX_LINKS = 40
+
+
+@dataclass(frozen=True)
+class Declaration:
+    """What one step reads and may write (absolute paths inside the image)."""
+    element: str
+    step: str
+    reads: Tuple[str, ...]
+    writes: Tuple[str, ...] = ()
+
+
+def _paths(value: object, where: str, key: str, *, required: bool) -> Tuple[str, ...]:
+    if value is None and not required:
+        return ()
+    if not isinstance(value, list) or (required and not value) or not all(
+            isinstance(p, str) and p.startswith("/") and ".." not in PurePosixPath(p).parts
+            for p in value):
+        raise ConfigError(f"{where}: '{key}' must be a {'non-empty ' if required else ''}list "
+                          "of absolute paths inside the image (no '..')",
+                          hint=f"e.g. {key}: [/boot, /etc/initramfs-tools]")
+    return tuple(sorted({os.path.normpath(p) for p in value}))
+
+
+def parse(text: str, element: str, where: str, phases: Iterable[str]) -> Tuple[Declaration, ...]:
+    """The declarations of ``layer-inputs.yaml`` (``where`` names the file in errors)."""
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{where}: not valid YAML: {exc}") from None
+    if doc is None:
+        return ()
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: expected a mapping of 'phase.d/script' to "
+                          "{reads: [...], writes: [...]}")
+    phases = tuple(phases)
+    out = []
+    for step, body in sorted(doc.items(), key=lambda kv: str(kv[0])):
+        phase, _, script = str(step).partition("/")
+        if phase not in phases or not script or "/" in script:
+            raise ConfigError(f"{where}: key '{step}' is not 'phase/script' for a phase whose "
+                              f"steps are layers ({', '.join(phases)})")
+        if not isinstance(body, dict) or set(body) - {"reads", "writes"}:
+            raise ConfigError(f"{where}: '{step}' must be a mapping with 'reads' and "
+                              "optionally 'writes'")
+        out.append(Declaration(element, str(step),
+                               _paths(body.get("reads"), where, f"{step}: reads", required=True),
+                               _paths(body.get("writes"), where, f"{step}: writes",
+                                      required=False)))
+    return tuple(out)
+
+
+def load(element_dirs: Mapping[str, Path], phases: Iterable[str]) -> Dict[str, Declaration]:
+    """Every element's declarations, by step (``phase/script``)."""
+    phases = tuple(phases)
+    found: Dict[str, Declaration] = {}
+    for name, path in element_dirs.items():
+        f = path / FILE_NAME
+        if not f.is_file():
+            continue
+        for d in parse(f.read_text(), name, f"element {name}: {FILE_NAME}", phases):
+            found[d.step] = d
+    return found
+
+
+def resolve(root: Path, path: str) -> str:
+    """``path`` with every symlink on the way followed as the image would (an absolute target
+    starts again at ``root``); the result is relative to ``root``. The last component is
+    followed too, so ``/lib/modules`` on a merged-/usr tree is ``usr/lib/modules``."""
+    parts = list(PurePosixPath(path).parts[1:])
+    done: List[str] = []
+    hops = 0
+    while parts:
+        name = parts.pop(0)
+        if name in ("", "."):
+            continue
+        if name == "..":
+            if done:
+                done.pop()
+            continue
+        here = root.joinpath(*done, name)
+        if here.is_symlink():
+            hops += 1
+            if hops > _MAX_LINKS:
+                break
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            parts = list(PurePosixPath(target).parts[1 if target.startswith("/") else 0:]) \
+                + parts
+            continue
+        done.append(name)
+    return "/".join(done)
+
+
+def digest(root: Path, rel: str) -> str:
+    """Contents of ``root/rel``: a file's mode and bytes, a directory's whole tree, or absent."""
+    path = root / rel if rel else root
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return "absent"
+    if stat.S_ISDIR(st.st_mode):
+        return "dir:" + tree_digest(path)
+    h = hashlib.sha256(f"{stat.S_IMODE(st.st_mode):o}\0".encode())
+    if stat.S_ISREG(st.st_mode):
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    elif stat.S_ISLNK(st.st_mode):
+        h.update(b"L" + os.readlink(path).encode())
+    return f"{stat.S_IFMT(st.st_mode):o}:{h.hexdigest()}"
+
+
+@dataclass(frozen=True)
+class Reading:
+    """A declaration applied to one tree: the digests of what it reads, and where (relative to
+    the tree, symlinks followed) it may change things."""
+    inputs: Dict[str, str]
+    allowed: Tuple[str, ...]
+
+
+def read(root: Path, decl: Declaration) -> Reading:
+    inputs = {}
+    for p in decl.reads:
+        rel = resolve(root, p)
+        inputs[f"read:{p}"] = digest(root, rel)
+    allowed = {resolve(root, p) for p in decl.reads + decl.writes}
+    return Reading(inputs, tuple(sorted(allowed)))
+
+
+def _under(rel: str, allowed: Iterable[str]) -> bool:
+    return any(a == "" or rel == a or rel.startswith(a + "/") for a in allowed)
+
+
+def _opaque(path: str) -> bool:
+    for attr in ("trusted.overlay.opaque", "trusted.overlay.redirect"):
+        try:
+            os.getxattr(path, attr, follow_symlinks=False)
+            return True
+        except OSError:
+            continue
+    return False
+
+
+def undeclared(upper: Path, allowed: Iterable[str]) -> List[str]:
+    """Paths a step's upper directory changed outside ``allowed`` (first ten, sorted).
+
+    Every non-directory in the upper directory (a new or changed file, a symlink, a whiteout)
+    is a change; so is an opaque or redirected directory. Other directories are only the
+    parents overlayfs copied up on the way to a change.
+    """
+    allowed = tuple(allowed)
+    bad: List[str] = []
+    for dirpath, dirnames, filenames in os.walk(upper):
+        rel_dir = os.path.relpath(dirpath, upper)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for d in list(dirnames):
+            rel = os.path.join(rel_dir, d)
+            full = os.path.join(dirpath, d)
+            if os.path.islink(full) or _opaque(full):
+                if not _under(rel, allowed):
+                    bad.append("/" + rel)
+                dirnames.remove(d)
+            elif _under(rel, allowed):
+                dirnames.remove(d)  # all of it is allowed
+        bad.extend("/" + os.path.join(rel_dir, f) for f in filenames
+                   if not _under(os.path.join(rel_dir, f), allowed))
+        if len(bad) >= 10:
+            break
+    return sorted(bad)[:10]

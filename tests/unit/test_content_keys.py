@@ -1,0 +1,123 @@
+"""layer-inputs.yaml: parsing, path resolution inside a tree, digests, undeclared changes."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from dib import content_keys
+from dib.errors import ConfigError
+
+PHASES = ("install.d", "post-install.d")
+
+
+def _parse(text: str):
+    return content_keys.parse(text, "t-el", "element t-el: layer-inputs.yaml", PHASES)
+
+
+def test_parse_sorts_and_normalises_paths():
+    (d,) = _parse("post-install.d/98-x:\n  reads: [/boot/, /etc//a, /boot]\n"
+                  "  writes: [/tmp]\n")
+    assert d.step == "post-install.d/98-x" and d.element == "t-el"
+    assert d.reads == ("/boot", "/etc/a") and d.writes == ("/tmp",)
+
+
+def test_an_empty_file_declares_nothing():
+    assert _parse("# nothing yet\n") == ()
+
+
+@pytest.mark.parametrize("text, culprit", [
+    ("root.d/10-x:\n  reads: [/boot]\n", "root.d/10-x"),
+    ("install.d:\n  reads: [/boot]\n", "'install.d'"),
+    ("install.d/a/b:\n  reads: [/boot]\n", "install.d/a/b"),
+    ("install.d/10-x:\n  reads: []\n", "reads"),
+    ("install.d/10-x:\n  reads: [boot]\n", "reads"),
+    ("install.d/10-x:\n  reads: [/boot/../etc]\n", "reads"),
+    ("install.d/10-x:\n  reads: [/boot]\n  writes: /tmp\n", "writes"),
+    ("install.d/10-x:\n  reads: [/boot]\n  write: [/tmp]\n", "install.d/10-x"),
+    ("- install.d/10-x\n", "mapping"),
+    ("install.d/10-x: [\n", "not valid YAML"),
+])
+def test_bad_declarations_name_the_file_and_key(text, culprit):
+    with pytest.raises(ConfigError) as exc:
+        _parse(text)
+    assert "element t-el: layer-inputs.yaml" in str(exc.value)
+    assert culprit in str(exc.value)
+
+
+def test_load_reads_only_elements_that_have_the_file(tmp_path):
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "layer-inputs.yaml").write_text("install.d/10-b:\n  reads: [/etc]\n")
+    found = content_keys.load({"a": tmp_path / "a", "b": tmp_path / "b"}, PHASES)
+    assert list(found) == ["install.d/10-b"] and found["install.d/10-b"].element == "b"
+
+
+@pytest.fixture
+def tree(tmp_path):
+    """A merged-/usr tree: /lib -> usr/lib, an absolute symlink, a loop."""
+    root = tmp_path / "root"
+    (root / "usr/lib/modules/6.1").mkdir(parents=True)
+    (root / "usr/lib/modules/6.1/m.ko").write_bytes(b"ko")
+    (root / "lib").symlink_to("usr/lib")
+    (root / "etc").mkdir()
+    (root / "etc/abs").symlink_to("/usr/lib/modules")
+    (root / "etc/loop").symlink_to("/etc/loop")
+    (root / "etc/conf").write_text("x=1\n")
+    return root
+
+
+def test_resolve_follows_symlinks_inside_the_tree(tree):
+    assert content_keys.resolve(tree, "/lib/modules") == "usr/lib/modules"
+    assert content_keys.resolve(tree, "/etc/abs/6.1") == "usr/lib/modules/6.1"
+    assert content_keys.resolve(tree, "/etc/conf") == "etc/conf"
+    assert content_keys.resolve(tree, "/nowhere/x") == "nowhere/x"
+    assert content_keys.resolve(tree, "/etc/../../etc/conf") == "etc/conf"
+    content_keys.resolve(tree, "/etc/loop")  # a loop ends, it does not hang
+
+
+def test_digest_sees_contents_and_modes_and_absence(tree):
+    before = content_keys.digest(tree, "usr/lib/modules")
+    assert before.startswith("dir:")
+    assert content_keys.digest(tree, "no/such") == "absent"
+    conf = content_keys.digest(tree, "etc/conf")
+    (tree / "usr/lib/modules/6.1/m.ko").write_bytes(b"ko2")
+    assert content_keys.digest(tree, "usr/lib/modules") != before
+    os.chmod(tree / "etc/conf", 0o600)
+    assert content_keys.digest(tree, "etc/conf") != conf
+
+
+def test_read_keys_inputs_by_declared_path_and_allows_resolved_paths(tree):
+    decl = content_keys.Declaration("t-el", "install.d/10-x", ("/etc/conf", "/lib/modules"),
+                                    ("/tmp",))
+    reading = content_keys.read(tree, decl)
+    assert set(reading.inputs) == {"read:/etc/conf", "read:/lib/modules"}
+    assert reading.allowed == ("etc/conf", "tmp", "usr/lib/modules")
+    (tree / "etc/other").write_text("unrelated\n")
+    assert content_keys.read(tree, decl) == reading
+    (tree / "etc/conf").write_text("x=2\n")
+    assert content_keys.read(tree, decl).inputs["read:/etc/conf"] != \
+        reading.inputs["read:/etc/conf"]
+
+
+def _upper(tmp_path: Path, files) -> Path:
+    upper = tmp_path / "upper"
+    for rel in files:
+        (upper / rel).parent.mkdir(parents=True, exist_ok=True)
+        (upper / rel).write_text("changed\n")
+    return upper
+
+
+def test_undeclared_lists_changes_outside_the_declaration(tmp_path):
+    upper = _upper(tmp_path, ["boot/initrd.img", "var/tmp/scratch/x", "etc/motd",
+                              "usr/sbin/update-initramfs"])
+    (upper / "usr/share/doc").mkdir(parents=True)  # a copied-up parent alone is no change
+    allowed = ("boot", "var/tmp", "usr/sbin/update-initramfs")
+    assert content_keys.undeclared(upper, allowed) == ["/etc/motd"]
+    assert content_keys.undeclared(upper, allowed + ("etc/motd",)) == []
+
+
+def test_undeclared_does_not_take_a_prefix_for_a_parent(tmp_path):
+    upper = _upper(tmp_path, ["boot2/x", "bootloader"])
+    assert content_keys.undeclared(upper, ("boot",)) == ["/boot2/x", "/bootloader"]
