@@ -66,7 +66,7 @@ def kill_processes_in(root: Path, grace: float = 3.0) -> List[int]:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 log.warning("killing %s (pid %d) still running in %s",
-                            _comm(pid), pid, root)
+                            process_name(pid), pid, root)
                 os.kill(pid, sig)
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and processes_in(root):
@@ -76,7 +76,8 @@ def kill_processes_in(root: Path, grace: float = 3.0) -> List[int]:
     return pids
 
 
-def _comm(pid: int) -> str:
+def process_name(pid: int) -> str:
+    """The command name of ``pid`` (``?`` once it is gone)."""
     try:
         return Path(f"/proc/{pid}/comm").read_text().strip()
     except OSError:

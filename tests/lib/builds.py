@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
+from dib import mounts
 from tests.lib import leaks
 
 REPO = Path(__file__).resolve().parents[2]
@@ -34,20 +35,7 @@ HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 def processes_under(path: Path) -> List[str]:
     """Processes whose root directory or cwd is at or below ``path``: 'pid comm'."""
-    base = os.path.realpath(path).rstrip("/") + "/"
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        for link in ("root", "cwd"):
-            try:
-                target = os.readlink(f"/proc/{entry}/{link}")
-            except OSError:
-                continue
-            if (target.rstrip("/") + "/").startswith(base):
-                found.append(f"{entry} {_comm(entry)}")
-                break
-    return found
+    return [f"{pid} {mounts.process_name(pid)}" for pid in mounts.processes_in(path)]
 
 
 def processes_running(argv: Sequence[str]) -> List[int]:
@@ -64,13 +52,6 @@ def processes_running(argv: Sequence[str]) -> List[int]:
         if cmdline == want:
             pids.append(int(entry))
     return pids
-
-
-def _comm(pid: str) -> str:
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip()
-    except OSError:
-        return "?"
 
 
 def dib_build_mounts() -> List[str]:
