@@ -13,7 +13,8 @@ background with pid files in ``FS_PREFIX/local/run``, and record how they were s
     write_tree(d, omit=("bin/docklet-worker",))               # invalid layout
     make_basefs_tarball(tmp_path / "basefs.tar.gz")           # for DOCKLET_BASEFS=tarball
 
-:func:`element_module` imports the element's logic (``docklet_image.py``) for unit tests.
+:func:`element_module` imports the element's logic (the ``docklet_image`` package) for unit
+tests.
 """
 from __future__ import annotations
 
@@ -24,20 +25,28 @@ import sys
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Iterable
+from typing import Dict, Iterable, List
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ELEMENT = REPO_ROOT / "elements" / "docklet"
-MODULE = ELEMENT / "docklet-lib" / "docklet_image.py"
+#: the element's logic; the hooks run it as ``python3 <this directory> COMMAND``
+PACKAGE = ELEMENT / "docklet-lib" / "docklet_image"
 SHIM = ELEMENT / "docklet-lib" / "sitecustomize.py"
 
 
+def package_files() -> List[Path]:
+    """The package's source files (what install_tree copies into the image)."""
+    return sorted(p for p in PACKAGE.rglob("*")
+                  if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+
+
 def element_module():
-    """The element's docklet_image module (imported once)."""
+    """The element's docklet_image package (imported once)."""
     name = "docklet_image"
     if name in sys.modules:
         return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, MODULE)
+    spec = importlib.util.spec_from_file_location(
+        name, PACKAGE / "__init__.py", submodule_search_locations=[os.fspath(PACKAGE)])
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)

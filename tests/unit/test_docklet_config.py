@@ -222,7 +222,7 @@ def stage(tmp_path):
 def test_install_tree(tmp_path, stage):
     root = tmp_path / "root"
     s = settings()
-    di.install_tree(root, stage, s, module_file=docklet_tree.MODULE)
+    di.install_tree(root, stage, s, package_dir=docklet_tree.PACKAGE)
     home = root / "home/docklet"
     for rel in ("bin/docklet-supermaster", "bin/docklet-master", "bin/docklet-worker",
                 "tools/nginx_config.sh", "conf/lxc-script/lxc-ifup", "src/master/httprest.py"):
@@ -249,15 +249,20 @@ def test_install_tree(tmp_path, stage):
                 "sbin/mount.aufs"):
         assert os.access(root / cmd, os.X_OK), cmd
         assert (root / cmd).read_text().startswith("#!/usr/bin/python3 -I\n")
-    assert (root / "usr/local/lib/docklet/docklet_image.py").read_text() == \
-        docklet_tree.MODULE.read_text()
+    installed = root / "usr/local/lib/docklet/docklet_image"
+    files = docklet_tree.package_files()
+    assert sorted(p for p in installed.rglob("*") if p.is_file()) == \
+        [installed / p.relative_to(docklet_tree.PACKAGE) for p in files]
+    for p in files:
+        assert (installed / p.relative_to(docklet_tree.PACKAGE)).read_text() == p.read_text()
+    assert not (root / "usr/local/lib/docklet/docklet_image.py").exists()
     assert (root / "opt/docklet/local").is_dir() and (root / "opt/docklet/global").is_dir()
 
 
 def test_install_tree_without_overlay_shim(tmp_path, stage):
     root = tmp_path / "root"
     di.install_tree(root, stage, settings(DOCKLET_UNIONFS="aufs"),
-                    module_file=docklet_tree.MODULE)
+                    package_dir=docklet_tree.PACKAGE)
     assert not (root / "sbin/mount.aufs").exists()
 
 
@@ -265,7 +270,7 @@ def test_launcher_runs_the_installed_module(tmp_path, stage):
     """/usr/local/sbin/docklet-setup imports the module from /usr/local/lib/docklet: run its
     text against a copy of the module in a temporary directory."""
     root = tmp_path / "root"
-    di.install_tree(root, stage, settings(), module_file=docklet_tree.MODULE)
+    di.install_tree(root, stage, settings(), package_dir=docklet_tree.PACKAGE)
     text = (root / "usr/local/sbin/docklet-service").read_text()
     text = text.replace(repr(di.LIB_DIR), repr(os.fspath(root / "usr/local/lib/docklet")))
     launcher = tmp_path / "launcher"
@@ -476,7 +481,7 @@ def test_pylib_downloads_once_then_uses_the_wheel_cache(tmp_path, fake_pip, monk
     ca = os.fspath(tmp_path / "ca.crt")
     assert all(c[-1] == f"CA={ca},{ca}" for c in calls), "pip trusts the staged CA bundle"
     assert (pylib / "sitecustomize.py").read_text() == docklet_tree.SHIM.read_text()
-    assert di._installed_version(pylib, "Flask-SQLAlchemy") == "2.5.1"
+    assert di.pylib._installed_version(pylib, "Flask-SQLAlchemy") == "2.5.1"
     # the next build: nothing to download, even offline
     log.unlink()
     monkeypatch.setenv("FAKE_PIP_NO_NET", "1")
@@ -598,6 +603,6 @@ def test_mount_aufs_rejects(argv, message):
 
 
 def test_mount_aufs_command_reports_errors():
-    proc = subprocess.run([sys.executable, os.fspath(docklet_tree.MODULE), "mount-aufs",
+    proc = subprocess.run([sys.executable, os.fspath(docklet_tree.PACKAGE), "mount-aufs",
                            "none", "/r", "-o", "udba=reval"], capture_output=True, text=True)
     assert proc.returncode == 32 and "mount.aufs: mount.aufs: no br= option" in proc.stderr

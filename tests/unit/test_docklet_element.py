@@ -70,8 +70,48 @@ def test_no_package_mirror_or_registry_host_names_in_the_element():
 def test_module_runs_on_python_39_syntax():
     # the chroot's python3 runs it: bookworm 3.11, jammy 3.10, noble 3.12; the host >= 3.9
     import ast
-    for path in (docklet_tree.MODULE, docklet_tree.SHIM):
+    files = docklet_tree.package_files()
+    assert {"__init__.py", "__main__.py", "cli.py"} <= {p.name for p in files}
+    for path in (*files, docklet_tree.SHIM):
         ast.parse(path.read_text(), os.fspath(path), feature_version=(3, 9))
+
+
+def test_package_imports_point_one_way():
+    """Each module imports only modules listed before it in the package docstring (no
+    cycles), and only the standard library besides."""
+    import ast
+    import sys
+    order = re.findall(r"^\* ``(\w+)``", di.__doc__, re.M)
+    stdlib = getattr(sys, "stdlib_module_names", None)  # Python >= 3.10
+    assert order[0] == "base" and order[-1] == "cli"
+    for path in docklet_tree.package_files():
+        if path.stem not in order:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                assert node.level == 1 and node.module in order, (path.name, node.module)
+                assert order.index(node.module) < order.index(path.stem), \
+                    f"{path.name} imports {node.module}"
+            elif isinstance(node, (ast.Import, ast.ImportFrom)) and stdlib:
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) \
+                    else [node.module]
+                for name in names:
+                    assert name.split(".")[0] in stdlib, (path.name, name)
+
+
+def test_package_runs_by_path_and_with_dash_m(tmp_path):
+    """The hooks run ``python3 "$(dirname "$0")/../docklet-lib/docklet_image" COMMAND`` (any
+    working directory, relative path); ``python3 -m docklet_image`` works as well."""
+    env = {"PATH": os.environ["PATH"], **BOOKWORM}
+    for cwd, path in ((tmp_path, os.fspath(docklet_tree.PACKAGE)),
+                      (ELEMENT / "install.d", "../docklet-lib/docklet_image")):
+        proc = subprocess.run(["python3", path, "--help"], env=env, cwd=cwd,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0 and "wait-master" in proc.stdout, proc.stderr
+    dash_m = subprocess.run(["python3", "-m", "docklet_image", "check"], env=env,
+                            cwd=docklet_tree.PACKAGE.parent, capture_output=True, text=True)
+    assert dash_m.returncode == 0 and "settings OK: mode single" in dash_m.stderr, \
+        dash_m.stderr
 
 
 # -- defaults --------------------------------------------------------------------------------
@@ -228,7 +268,7 @@ def test_booleans_are_normalised_for_docklet():
 
 def test_check_command(tmp_path):
     run = lambda env: subprocess.run(  # noqa: E731
-        ["python3", os.fspath(docklet_tree.MODULE), "check"],
+        ["python3", os.fspath(docklet_tree.PACKAGE), "check"],
         env={"PATH": os.environ["PATH"], **BOOKWORM, **env}, capture_output=True, text=True)
     ok = run({})
     assert ok.returncode == 0 and "settings OK: mode single" in ok.stderr

@@ -58,7 +58,7 @@ def make_root(tmp_path: Path, **settings) -> Path:
     stage = docklet_tree.write_tree(tmp_path / "stage")
     di.apply_patches(stage)
     s = di.settings_from_env({**BOOKWORM, **settings})
-    di.install_tree(root, stage, s, module_file=docklet_tree.MODULE)
+    di.install_tree(root, stage, s, package_dir=docklet_tree.PACKAGE)
     (root / "opt/docklet/local/basefs/etc").mkdir(parents=True)
     return root
 
@@ -208,13 +208,13 @@ def test_master_init_once_then_start(stub_root):
     assert (fs / "local/.docklet-initialized").is_file()
     # the user server listens 2 s after it starts: the patched supermaster waits for it
     assert (fs / "local/synthetic-master-starts").read_text().splitlines() == ["new user-up"]
-    assert di._port_open("127.0.0.1", ports["MASTER"])
+    assert di.runtime._port_open("127.0.0.1", ports["MASTER"])
     proxy = (fs / "local/log/docklet-proxy.log").read_text()
     assert f"--default-target=http://127.0.0.1:{ports['WEB']}" in proxy, \
         "the patched proxy target follows WEB_PORT"
     di.service(root, "master", "stop")
     for _ in range(50):
-        if not di._port_open("127.0.0.1", ports["MASTER"], 0.2):
+        if not di.runtime._port_open("127.0.0.1", ports["MASTER"], 0.2):
             break
         time.sleep(0.1)
     di.service(root, "master", "start")
@@ -250,7 +250,7 @@ def test_worker_waits_for_the_master_then_starts(stub_root):
     etcd.values["token"] = (fs / "global/token").read_text().strip()
     assert di.wait_master(root, timeout=5, interval=0.2) == "127.0.0.1"
     di.service(root, "worker", "start")
-    assert di._port_open("127.0.0.1", ports["WORKER"])
+    assert di.runtime._port_open("127.0.0.1", ports["WORKER"])
     home = root / "home/docklet"
     assert (home / "conf/container.conf").read_text() == \
         (home / "conf/container/lxc3.container.conf").read_text(), \

@@ -241,7 +241,7 @@ def test_patched_worker_selects_lxc3_for_lxc5(tmp_path):
 # -- the extra-data.d step as a command ------------------------------------------------------
 
 def run_module(args, env, **kw):
-    return subprocess.run([sys.executable, os.fspath(docklet_tree.MODULE), *args],
+    return subprocess.run([sys.executable, os.fspath(docklet_tree.PACKAGE), *args],
                           env=env, capture_output=True, text=True, **kw)
 
 

@@ -1,5 +1,5 @@
 # Defaults of the docklet element (README.rst describes every variable). Only defaults here:
-# the element's hooks validate the values (docklet-lib/docklet_image.py, "check").
+# the element's hooks validate the values (docklet-lib/docklet_image, "check").
 
 # the source: a git URL, a local git work tree, or a plain directory on the build host
 export DOCKLET_REPO=${DOCKLET_REPO:-${DIB_REPOLOCATION_docklet:-https://github.com/unias/docklet.git}}
