@@ -22,7 +22,6 @@ The declaration is checked, not trusted: a step that changes anything outside ``
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import stat
 from dataclasses import dataclass
@@ -33,8 +32,6 @@ import yaml
 
 from dib.errors import ConfigError
 from dib.layers import tree_digest
-
-log = logging.getLogger("dib.build")
 
 FILE_NAME = "layer-inputs.yaml"
 _MAX_LINKS = 40

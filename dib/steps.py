@@ -173,8 +173,12 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) 
         inputs = chain.inputs(step_id, element=script.element,
                               script=file_sha256(script.path))
         decl = chain.declared.get(step_id)
+        if decl is not None and decl.element != script.element:
+            raise ConfigError(f"element {decl.element}: {content_keys.FILE_NAME} declares "
+                              f"{step_id}, a script of element {script.element}",
+                              hint="an element may declare only its own scripts")
         if decl is not None and b.store.enabled:
-            chain.prev = _content_step(b, tree, chain, decl, script.element, inputs, body,
+            chain.prev = _content_step(b, tree, chain, decl, inputs, body,
                                        host=not ctx_phase.in_chroot)
         else:
             chain.prev = _step(b, tree, step_id, inputs, body, host=not ctx_phase.in_chroot)
@@ -185,13 +189,9 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) 
 
 
 def _content_step(b: BuildContext, tree: LayeredTree, chain: Chain,
-                  decl: content_keys.Declaration, owner: str, inputs: Mapping[str, Any],
+                  decl: content_keys.Declaration, inputs: Mapping[str, Any],
                   body: Callable[[Path], None], host: bool) -> str:
     """A step of layer-inputs.yaml: keyed by what it reads (see :mod:`dib.content_keys`)."""
-    if decl.element != owner:
-        raise ConfigError(f"element {decl.element}: {content_keys.FILE_NAME} declares "
-                          f"{decl.step}, a script of element {owner}",
-                          hint="an element may declare only its own scripts")
     with tree.view(b.wd.built) as root:
         reading = content_keys.read(root, decl)
     own = {k: v for k, v in inputs.items() if k != "prev"}

@@ -232,7 +232,8 @@ def test_declaring_another_elements_script_is_an_error(content_dib):
     dib = content_dib
     make_element(dib.elements, "t-thief", deps=["t-content"],
                  files={"layer-inputs.yaml": "post-install.d/50-t-slow:\n  reads: [/etc]\n"})
-    proc = dib.run("t-thief", name="one")
-    assert proc.returncode == 1
-    assert "element t-thief: layer-inputs.yaml declares post-install.d/50-t-slow, a script " \
-           "of element t-content" in proc.stderr
+    for args in ((), ("--no-cache",)):
+        proc = dib.run("t-thief", name="one", args=args)
+        assert proc.returncode == 1
+        assert "element t-thief: layer-inputs.yaml declares post-install.d/50-t-slow, a " \
+               "script of element t-content" in proc.stderr
