@@ -85,6 +85,8 @@ def test_package_installs_features(image):
     seen = (tree / "var/lib/t-pkgs/install.d-status").read_text()
     assert "tree install ok installed" in seen  # build-only: there during install.d
     assert "pv install ok installed" in seen    # pre-install.d, removed in post-install.d
+    # base's package-installs.yaml names iscsi_package, which its pkg-map maps for Debian
+    assert installed(tree, "open-iscsi")
 
 
 def test_kernel_and_one_initramfs(image):
@@ -94,6 +96,8 @@ def test_kernel_and_one_initramfs(image):
     assert len(initrds) == 1 and initrds[0].stat().st_size > 1_000_000
     assert image.log.count("update-initramfs: Generating") == 1
     assert "deferred by dib" in image.log
+    # zstd is installed, so initramfs-tools uses its default compression, not the gzip fallback
+    assert installed(tree, "zstd") and "No zstd" not in image.log
     diversions = (tree / "var/lib/dpkg/diversions").read_text() \
         if (tree / "var/lib/dpkg/diversions").exists() else ""
     assert "dib-real" not in diversions
