@@ -29,13 +29,14 @@ import shlex
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib import cmd, mirror
 from dib.cache import ArtifactCache, cache_key, describe_inputs, file_sha256
-from dib.errors import ConfigError, DibError, report
+from dib.errors import ConfigError, DibError
+from dib.log import helper_main
 
 log = logging.getLogger("dib.bootstrap")
 
@@ -425,10 +426,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--print-key", action="store_true",
                         help="print the cache key inputs and exit")
     args = parser.parse_args(argv)
-    level = logging.DEBUG if (os.environ.get("DIB_DEBUG_TRACE", "0") or "0") != "0" \
-        else logging.INFO
-    logging.basicConfig(level=level, stream=sys.stderr, format="%(message)s")
-    try:
+
+    def body() -> int:
         if args.print_key:
             env = os.environ
             tool = choose_tool(env, shutil.which("mmdebstrap") is not None)
@@ -438,10 +437,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(cfg.key, describe_inputs(cfg.key_inputs()))
             return 0
         run(os.environ)
-    except DibError as exc:
-        sys.stderr.write(report(exc))
-        return 1
-    return 0
+        return 0
+
+    return helper_main(body)
 
 
 if __name__ == "__main__":

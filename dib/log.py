@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Callable, Iterator, List, Optional, Tuple
+
+from dib.errors import DibError, report
 
 FILE_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-5s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
@@ -44,6 +47,20 @@ def setup(*, verbose: int = 0, quiet: bool = False, stream=None) -> None:
     handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO))
     handler.setFormatter(_ConsoleFormatter(time.time()))
     root.addHandler(handler)
+
+
+def helper_main(body: Callable[[], int]) -> int:
+    """Run ``body`` as a host helper that an element hook calls (``python -m dib.<module>``):
+    plain log lines on stderr (debug ones too when DIB_DEBUG_TRACE is set), and a
+    :class:`DibError` shown as the CLI shows it, with its exit code."""
+    trace = (os.environ.get("DIB_DEBUG_TRACE", "0") or "0") != "0"
+    logging.basicConfig(level=logging.DEBUG if trace else logging.INFO, stream=sys.stderr,
+                        format="%(message)s")
+    try:
+        return body()
+    except DibError as exc:
+        sys.stderr.write(report(exc))
+        return exc.exit_code
 
 
 class _FileFormatter(logging.Formatter):

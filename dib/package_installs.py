@@ -40,7 +40,8 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 import yaml
 
 from dib import pkgmap
-from dib.errors import ConfigError, DibError, report
+from dib.errors import ConfigError, DibError
+from dib.log import helper_main
 
 log = logging.getLogger("dib.package_installs")
 
@@ -318,8 +319,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--pkg-map-only", action="store_true",
                     help="only flatten the pkg-map files (the pkg-map element's step)")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(message)s")
-    try:
+
+    def body() -> int:
         if not args.hooks:
             raise DibError("TMP_HOOKS_PATH is not set and --hooks not given")
         hooks = Path(args.hooks)
@@ -338,10 +339,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 pkgs = [line.split("\t")[0] for line in text.splitlines()]
                 if pkgs:
                     log.info("package-installs %s %s: %s", phase, kind, " ".join(pkgs))
-    except DibError as exc:
-        sys.stderr.write(report(exc))
-        return 1
-    return 0
+        return 0
+
+    return helper_main(body)
 
 
 if __name__ == "__main__":
