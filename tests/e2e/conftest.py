@@ -17,11 +17,11 @@ from typing import Dict, Optional, Sequence
 
 import pytest
 
+from tests.lib.builds import TEST_ELEMENTS, build_env
 from tests.lib.leaks import assert_clean
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("DIB_E2E_CACHE", "/var/tmp/dib-e2e-cache"))
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 @dataclass
@@ -73,15 +73,8 @@ class Builder:
         self.no_cache = ["--no-cache"] if _supports_no_cache() else []
 
     def env(self, extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
-        env = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8",
-               "ELEMENTS_PATH": str(ROOT / "tests" / "elements"),
-               "TMP_DIR": str(self.base / "tmp"), "OVERWRITE_OLD_IMAGE": "1"}
-        for k in ("http_proxy", "https_proxy", "no_proxy", "DIB_DISTRIBUTION_MIRROR",
-                  "DIB_DEBIAN_SECURITY_MIRROR"):
-            if os.environ.get(k):
-                env[k] = os.environ[k]
-        env.update(extra or {})
-        return env
+        return build_env(self.base / "tmp", [TEST_ELEMENTS],
+                         {"OVERWRITE_OLD_IMAGE": "1", **(extra or {})})
 
     def build(self, name: str, elements: Sequence[str], *, args: Sequence[str] = (),
               cache: Optional[Path] = None, env: Optional[Dict[str, str]] = None,

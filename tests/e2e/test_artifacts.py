@@ -40,11 +40,11 @@ import pytest
 import yaml
 
 from dib.artifacts import container, vagrant
+from tests.lib.builds import HOST_PATH, TEST_ELEMENTS, build_env
 from tests.lib.leaks import assert_clean
 
 ROOT = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("DIB_E2E_CACHE", "/var/tmp/dib-e2e-cache"))
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 VM_ELEMENTS = ["vm", "debian", "vagrant", "manifests"]
 VM_TYPES = "qcow2,vagrant,docker,oci"
 TARGET = "dibtest/debian:12"
@@ -63,17 +63,8 @@ events_logger = "file"
 
 def _env(tmp: Path, extra: Optional[Dict[str, str]] = None,
          elements_path: Sequence[Path] = ()) -> Dict[str, str]:
-    env = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8",
-           "ELEMENTS_PATH": ":".join([*map(str, elements_path),
-                                      str(ROOT / "tests" / "elements")]),
-           "TMP_DIR": str(tmp / "tmp"), "DIB_IMAGE_CACHE": str(CACHE),
-           "OVERWRITE_OLD_IMAGE": "1"}
-    for k in ("http_proxy", "https_proxy", "no_proxy", "DIB_DISTRIBUTION_MIRROR",
-              "DIB_DEBIAN_SECURITY_MIRROR"):
-        if os.environ.get(k):
-            env[k] = os.environ[k]
-    env.update(extra or {})
-    return env
+    return build_env(tmp / "tmp", [*elements_path, TEST_ELEMENTS],
+                     {"DIB_IMAGE_CACHE": str(CACHE), "OVERWRITE_OLD_IMAGE": "1", **(extra or {})})
 
 
 def dib(tmp: Path, *args: str, env: Optional[Dict[str, str]] = None,

@@ -24,13 +24,28 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
-from dib import mounts
+from dib import cmd, mounts
 from tests.lib import leaks
 
 REPO = Path(__file__).resolve().parents[2]
 DISK_IMAGE_CREATE = REPO / "bin" / "disk-image-create"
 TEST_ELEMENTS = REPO / "tests" / "elements"
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+HOST_PATH = cmd.SAFE_PATH
+#: what a test build takes from the caller's environment: proxies and mirror overrides
+PASS_THROUGH = ("http_proxy", "https_proxy", "no_proxy", "DIB_DISTRIBUTION_MIRROR",
+                "DIB_DEBIAN_SECURITY_MIRROR")
+
+
+def build_env(tmp_dir: Path, elements_path: Sequence[Path],
+              extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The environment of a test build: a fixed PATH and locale, ``ELEMENTS_PATH``,
+    ``TMP_DIR``, the caller's proxies and mirror overrides, then ``extra``."""
+    env = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8",
+           "ELEMENTS_PATH": ":".join(os.fspath(p) for p in elements_path),
+           "TMP_DIR": os.fspath(tmp_dir)}
+    env.update({k: os.environ[k] for k in PASS_THROUGH if os.environ.get(k)})
+    env.update(extra or {})
+    return env
 
 
 def processes_under(path: Path) -> List[str]:
@@ -77,13 +92,10 @@ class Dib:
     # -- running -----------------------------------------------------------------------
 
     def env(self, extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-        env = {"PATH": HOST_PATH, "HOME": "/root", "LANG": "C.UTF-8",
-               "ELEMENTS_PATH": f"{TEST_ELEMENTS}:{self.elements}",
-               "TMP_DIR": os.fspath(self.tmp_dir),
-               # each test has its own cache: no layer of another test can stand in
-               "DIB_IMAGE_CACHE": os.fspath(self.tmp_dir.parent / "image-cache")}
-        env.update(extra or {})
-        return env
+        # each test has its own cache: no layer of another test can stand in
+        return build_env(self.tmp_dir, [TEST_ELEMENTS, self.elements],
+                         {"DIB_IMAGE_CACHE": os.fspath(self.tmp_dir.parent / "image-cache"),
+                          **(extra or {})})
 
     def argv(self, elements: Sequence[str], *, types: str = "tar", name: str = "img",
              args: Sequence[str] = ()) -> List[str]:
