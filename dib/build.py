@@ -144,6 +144,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
         log.info("dib %s: %s", __version__, describe(cfg))
         log.info("elements: %s", " ".join(res.order))
         log.info("log file: %s", logfile)
+        _prune_cache(cfg, check_room=True)
         stack = contextlib.ExitStack()
         try:
             with timings.measure("build", "total"):
@@ -171,7 +172,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                 log.info("where the time went:\n%s", timings.table())
             _write_report(report_path, cfg, res, timings, b, status, error, logfile,
                           time.time() - started)
-        _apply_size_cap(cfg)
+        _prune_cache(cfg)
         hits = sum(1 for s in b.steps if s.hit)
         log.info("build completed successfully (%d of %d steps from the cache)", hits,
                  len(b.steps))
@@ -181,22 +182,23 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     return BuildResult(b.outputs, report_path, logfile)
 
 
-#: default for DIB_CACHE_MAX_SIZE: the cache is pruned (least recently used first) to this
-DEFAULT_CACHE_MAX = "20G"
-
-
-def _apply_size_cap(cfg: BuildConfig) -> None:
+def _prune_cache(cfg: BuildConfig, *, check_room: bool = False) -> None:
+    """Keep the cache within DIB_CACHE_MAX_SIZE and its filesystem at DIB_CACHE_MIN_FREE free
+    (dropping least recently used entries); with ``check_room``, warn when TMP_DIR is short
+    of that much room."""
     from dib import cache
 
-    try:
-        limit = cache.parse_size(cfg.env.get("DIB_CACHE_MAX_SIZE") or DEFAULT_CACHE_MAX)
-    except ValueError as exc:
-        raise ConfigError(f"DIB_CACHE_MAX_SIZE: {exc}") from None
-    dropped = cache.prune_lru(cfg.image_cache, limit)
+    dropped = cache.prune_lru(cfg.image_cache, cfg.cache_max_bytes,
+                              min_free=cfg.cache_min_free_bytes)
     if dropped:
-        log.info("cache over %s: dropped %d least recently used entries (%.0f MiB)",
-                 cfg.env.get("DIB_CACHE_MAX_SIZE") or DEFAULT_CACHE_MAX, len(dropped),
-                 sum(e.size for e in dropped) / (1 << 20))
+        log.info("cache: dropped %d least recently used entries (%.0f MiB) to stay within "
+                 "DIB_CACHE_MAX_SIZE (%.1f GiB) and keep DIB_CACHE_MIN_FREE (%.1f GiB) free",
+                 len(dropped), sum(e.size for e in dropped) / (1 << 20),
+                 cfg.cache_max_bytes / (1 << 30), cfg.cache_min_free_bytes / (1 << 30))
+    free = cache.free_space(cfg.tmp_dir) if check_room else cfg.cache_min_free_bytes
+    if free < cfg.cache_min_free_bytes:
+        log.warning("only %.1f GiB free under %s (TMP_DIR); the build may run out of space",
+                    free / (1 << 30), cfg.tmp_dir)
 
 
 def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:

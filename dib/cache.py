@@ -253,22 +253,35 @@ def layers_in_use() -> set:
     return names
 
 
-def prune_lru(root: Path, max_bytes: int, *, min_idle: float = 600.0) -> list:
-    """Drop least-recently-used entries until the cache holds at most ``max_bytes``.
+def free_space(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path`` (or its
+    nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def prune_lru(root: Path, max_bytes: int, *, min_free: int = 0, min_idle: float = 600.0,
+              free: Callable[[Path], int] = free_space) -> list:
+    """Drop least-recently-used entries until the cache holds at most ``max_bytes`` and its
+    filesystem has at least ``min_free`` bytes free (as far as dropping the cache can get it).
 
     Entries used in the last ``min_idle`` seconds are kept whatever the size: a build running
     right now may have them mounted. Returns the entries dropped."""
     entries = all_entries(root)
     total = sum(e.size for e in entries)
+    available = free(root) if min_free else 0
     dropped = []
     now = time.time()
     mounted = layers_in_use()
     for e in entries:
-        if total <= max_bytes:
+        if total <= max_bytes and available >= min_free:
             break
         if now - (e.used or e.created) < min_idle or Path(e.path).name in mounted:
             continue
         ArtifactCache(root, e.kind).drop(e)
         total -= e.size
+        available += e.size
         dropped.append(e)
     return dropped

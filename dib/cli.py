@@ -168,6 +168,8 @@ def _dib_cache(argv: List[str]) -> int:
     group = pr.add_mutually_exclusive_group(required=True)
     group.add_argument("--max-size", help="e.g. 20G")
     group.add_argument("--all", action="store_true", help="drop everything not in use")
+    pr.add_argument("--min-free", default="0",
+                    help="also drop entries while the cache's filesystem has less free, e.g. 5G")
     args = p.parse_args(argv)
     root = Path(args.image_cache)
     if args.command == "list":
@@ -185,9 +187,10 @@ def _dib_cache(argv: List[str]) -> int:
         return 0
     try:
         limit = 0 if args.all else cache.parse_size(args.max_size)
+        min_free = cache.parse_size(args.min_free)
     except ValueError as exc:
         raise DibError(str(exc)) from None
-    dropped = cache.prune_lru(root, limit)
+    dropped = cache.prune_lru(root, limit, min_free=min_free)
     print(f"dropped {len(dropped)} entries, "
           f"{sum(e.size for e in dropped) / (1 << 20):.1f} MiB")
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
-from dib import __version__
+from dib import __version__, cache
 from dib.errors import ConfigError, NotYetSupported
 from dib.phases import BREAK_POINTS
 
@@ -100,6 +100,10 @@ class BuildConfig:
     overwrite: bool = False
     keep_workdir: bool = False
     no_cache: bool = False
+    #: DIB_CACHE_MAX_SIZE / DIB_CACHE_MIN_FREE: the cache is pruned (least recently used
+    #: first) to at most this size, and further while its filesystem has less free than that
+    cache_max_bytes: int = 20 << 30
+    cache_min_free_bytes: int = 5 << 30
     boot_test: bool = False
     debug: bool = False
     action: str = "build"
@@ -201,6 +205,15 @@ def positive_int(env: Mapping[str, str], name: str, default: int) -> int:
     if not value.isdigit() or int(value) <= 0:
         raise ConfigError(f"{name} must be a positive whole number, not '{value}'")
     return int(value)
+
+
+def _byte_size(env: Mapping[str, str], name: str, default: str) -> int:
+    """``env[name]`` (or ``default``) as bytes: ``20G``, ``500M``, ``0``."""
+    value = env.get(name, "").strip() or default
+    try:
+        return cache.parse_size(value)
+    except ValueError as exc:
+        raise ConfigError(f"{name}: {exc}") from None
 
 
 def _flag(env: Mapping[str, str], name: str) -> bool:
@@ -312,6 +325,8 @@ def parse_args(argv: List[str], environ: Mapping[str, str]) -> BuildConfig:
         overwrite=_flag(env, "OVERWRITE_OLD_IMAGE"),
         keep_workdir=args.keep_workdir,
         no_cache=args.no_cache or _flag(env, "DIB_NO_CACHE"),
+        cache_max_bytes=_byte_size(env, "DIB_CACHE_MAX_SIZE", "20G"),
+        cache_min_free_bytes=_byte_size(env, "DIB_CACHE_MIN_FREE", "5G"),
         boot_test=args.boot_test,
         debug=args.debug,
         argv=tuple(argv),

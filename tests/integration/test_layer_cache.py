@@ -149,6 +149,9 @@ def test_dib_cache_lists_and_prunes(dib):
     assert kept.returncode == 0 and "dropped 0 entries" in kept.stdout
     bad = subprocess.run(cmd + ["prune", "--max-size", "lots"], capture_output=True, text=True)
     assert bad.returncode == 1 and "not a size" in bad.stderr
+    bad = subprocess.run(cmd + ["prune", "--max-size", "1G", "--min-free", "roomy"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 1 and "not a size: 'roomy'" in bad.stderr
 
 
 # -- steps keyed by what they read (layer-inputs.yaml) ------------------------------------------

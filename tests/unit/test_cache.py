@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from dib import bootstrap, mirror
+from dib import bootstrap, cache, mirror
 from dib.cache import ArtifactCache, cache_key
 from dib.errors import ConfigError
 
@@ -251,3 +251,68 @@ def test_lock_serialises_makers(tmp_path: Path):
         t.join()
     assert order[0].endswith("-in") and order[1] == order[0].replace("-in", "-out")
     assert os.listdir(tmp_path / "lockfiles")
+
+
+# -- least-recently-used pruning ------------------------------------------------------------------
+
+def _aged_entries(root: Path, sizes) -> ArtifactCache:
+    """Image entries k0, k1, ... of ``sizes`` bytes, k0 least recently used, all idle for
+    an hour (so pruning may drop them)."""
+    c = ArtifactCache(root, "images")
+    for i, size in enumerate(sizes):
+        c.store(f"k{i}", ".bin", {}, lambda p, n=size: p.write_bytes(b"x" * n))
+    with c._index() as index:
+        for i in range(len(sizes)):
+            raw = index[("images", f"k{i}")]
+            index.set(("images", f"k{i}"), {**raw, "created": raw["created"] - 3600 + i,
+                                             "used": None})
+    return c
+
+
+def test_prune_lru_drops_oldest_down_to_the_size(tmp_path: Path):
+    pytest.importorskip("diskcache")
+    c = _aged_entries(tmp_path, [100, 100, 100])
+    dropped = cache.prune_lru(tmp_path, 250)
+    assert [e.key for e in dropped] == ["k0"]
+    assert sorted(e.key for e in c.entries()) == ["k1", "k2"]
+    assert not (tmp_path / "images" / "k0.bin").exists()
+
+
+def test_prune_lru_makes_room_on_a_full_disk(tmp_path: Path):
+    """Under the size limit, but the filesystem is short of min_free: drop until the freed
+    bytes cover it, oldest first, and no further."""
+    pytest.importorskip("diskcache")
+    c = _aged_entries(tmp_path, [100, 100, 100])
+    asked = []
+
+    def free(path: Path) -> int:
+        asked.append(path)
+        return 30
+    dropped = cache.prune_lru(tmp_path, 10_000, min_free=200, free=free)
+    assert [e.key for e in dropped] == ["k0", "k1"]
+    assert [e.key for e in c.entries()] == ["k2"]
+    assert asked == [tmp_path]
+    # enough room already: nothing goes
+    assert cache.prune_lru(tmp_path, 10_000, min_free=200, free=lambda p: 500) == []
+
+
+def test_prune_lru_keeps_entries_in_use(tmp_path: Path):
+    pytest.importorskip("diskcache")
+    c = ArtifactCache(tmp_path, "images")
+    c.store("fresh", ".bin", {}, lambda p: p.write_bytes(b"x" * 100))
+    assert cache.prune_lru(tmp_path, 0, min_free=1 << 40, free=lambda p: 0) == []
+    assert [e.key for e in c.entries()] == ["fresh"]
+
+
+def test_free_space_of_a_path_not_yet_made(tmp_path: Path):
+    assert cache.free_space(tmp_path / "no" / "such" / "dir") == cache.free_space(tmp_path) > 0
+
+
+def test_cache_limits_from_the_environment():
+    from dib.config import parse_args
+    default = parse_args(["vm"], {})
+    assert (default.cache_max_bytes, default.cache_min_free_bytes) == (20 << 30, 5 << 30)
+    c = parse_args(["vm"], {"DIB_CACHE_MAX_SIZE": "500M", "DIB_CACHE_MIN_FREE": "0"})
+    assert (c.cache_max_bytes, c.cache_min_free_bytes) == (500 << 20, 0)
+    with pytest.raises(ConfigError, match="DIB_CACHE_MIN_FREE: not a size: 'plenty'"):
+        parse_args(["vm"], {"DIB_CACHE_MIN_FREE": "plenty"})
