@@ -7,13 +7,14 @@ the apt lists come from it. tests/conftest.py skips this directory without root 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
 
 import pytest
 
@@ -101,6 +102,22 @@ def e2e_cache() -> Path:
     return CACHE
 
 
-@pytest.fixture(scope="session")
-def builder(tmp_path_factory, e2e_cache) -> Builder:
-    return Builder(tmp_path_factory.mktemp("e2e-builds"), e2e_cache)
+@pytest.fixture(scope="module")
+def scratch(request, tmp_path_factory) -> Iterator[Callable[[str], Path]]:
+    """``mktemp`` for a module's builds. What it made is deleted when the module's tests are
+    done (images take GiBs), unless a test has failed: pytest then keeps the session's
+    directories to look at (tmp_path_retention_policy in setup.cfg)."""
+    made: List[Path] = []
+
+    def mktemp(name: str) -> Path:
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+    yield mktemp
+    if request.session.testsfailed == 0:
+        for path in made:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def builder(scratch, e2e_cache) -> Builder:
+    return Builder(scratch("e2e-builds"), e2e_cache)

@@ -90,11 +90,11 @@ def run(argv: List[str], **kw) -> subprocess.CompletedProcess:
 
 # -- the builds (once per session) ---------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def vm(tmp_path_factory) -> Path:
+@pytest.fixture(scope="module")
+def vm(scratch) -> Path:
     """``vm debian vagrant manifests`` -> qcow2, box, docker-archive, OCI layout; returns the
     output base path."""
-    tmp = tmp_path_factory.mktemp("artifacts-vm")
+    tmp = scratch("artifacts-vm")
     out = tmp / "vm"
     proc = dib(tmp, "-t", VM_TYPES, "--checksum", "--docker-target", TARGET, "-o", str(out),
                *VM_ELEMENTS, env=VM_ENV)
@@ -102,10 +102,10 @@ def vm(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def vm_layer(vm, tmp_path_factory) -> Path:
+@pytest.fixture(scope="module")
+def vm_layer(vm, scratch) -> Path:
     """The few files of the vm image the checks read, extracted from the docker layer."""
-    dest = tmp_path_factory.mktemp("vm-files")
+    dest = scratch("vm-files")
     wanted = ("etc/os-release", "usr/lib/os-release", "var/lib/dpkg/status",
               "home/vagrant/.ssh/authorized_keys", "etc/sudoers.d/90-dib-vagrant",
               "etc/dib-manifests/manifest.json", "etc/dib-manifests/sbom.cdx.json")
@@ -368,9 +368,9 @@ def test_boot_test_fails_clearly_without_a_bootloader(vm, tmp_path):
 
 # -- a recipe of two images -----------------------------------------------------------------------------
 
-@pytest.fixture(scope="session")
-def recipe_build(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("artifacts-recipe")
+@pytest.fixture(scope="module")
+def recipe_build(scratch):
+    tmp = scratch("artifacts-recipe")
     path = tmp / "images.yaml"
     path.write_text(yaml.safe_dump([
         {"imagename": str(tmp / "minimal-container"), "elements": ["debian-minimal"],

@@ -21,21 +21,21 @@ PRESENT = ["ed", "hello", "bc", "psmisc", "figlet", "jq"]
 ABSENT = ["tree", "pv", "dos2unix", "lsof", "units", "toilet", "cowsay", "sl"]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def minimal(builder):
     b = builder.build("debian-minimal", ["debian-minimal", *PKGS])
     assert b.ok, b.proc.stderr[-5000:]
     return b
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def full(builder):
     b = builder.build("debian", ["debian", *PKGS])
     assert b.ok, b.proc.stderr[-5000:]
     return b
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def offline(builder, minimal):
     """The same debian-minimal build again, offline, with no network interfaces at all."""
     b = builder.build("debian-minimal-offline", ["debian-minimal", *PKGS],
@@ -66,7 +66,7 @@ def updates(log: str) -> int:
 
 # -- both images ---------------------------------------------------------------------------
 
-@pytest.fixture(scope="session", params=["minimal", "full"])
+@pytest.fixture(scope="module", params=["minimal", "full"])
 def image(request):
     return request.getfixturevalue(request.param)
 

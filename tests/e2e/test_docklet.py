@@ -55,10 +55,10 @@ def _build(tmp: Path, name: str, env_extra: dict, *args: str) -> Path:
 
 # -- the synthetic-source image (offline checks) ---------------------------------------------
 
-@pytest.fixture(scope="session")
-def synthetic(tmp_path_factory):
+@pytest.fixture(scope="module")
+def synthetic(scratch):
     """(extracted tree, the synthetic repository) of ``debian-minimal docklet -t tar``."""
-    tmp = tmp_path_factory.mktemp("docklet-synthetic")
+    tmp = scratch("docklet-synthetic")
     repo = docklet_tree.make_repo(tmp / "docklet-src")
     tarball = docklet_tree.make_basefs_tarball(tmp / "basefs.tar.gz")
     image = _build(tmp, "docklet", {
@@ -234,19 +234,19 @@ def parse_checks(text: str) -> dict:
     return dict(m.groups() for m in re.finditer(r"T-DOCKLET ([\w.-]+)=(\S*)", text))
 
 
-@pytest.fixture(scope="session")
-def real_image(tmp_path_factory):
+@pytest.fixture(scope="module")
+def real_image(scratch):
     if not SOURCE:
         pytest.skip("DOCKLET_TEST_SOURCE is not set")
-    tmp = tmp_path_factory.mktemp("docklet-real")
+    tmp = scratch("docklet-real")
     return _build(tmp, "docklet", {"DOCKLET_REPO": SOURCE},
                   "vm", "debian", "docklet", "t-docklet-console")
 
 
-@pytest.fixture(scope="session")
-def booted(real_image, tmp_path_factory):
+@pytest.fixture(scope="module")
+def booted(real_image, scratch):
     """Boot twice (first boot, then a reboot): the guest's check results of each."""
-    work = tmp_path_factory.mktemp("docklet-boot")
+    work = scratch("docklet-boot")
     console = Console(Path(f"{real_image}.qcow2"), work)
     result = {}
     try:

@@ -35,16 +35,16 @@ def _build(tmp: Path, name: str, *args: str) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def bios_image(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("vm-bios")
+@pytest.fixture(scope="module")
+def bios_image(scratch) -> Path:
+    tmp = scratch("vm-bios")
     return _build(tmp, "bios", "-t", "qcow2,raw", "--checksum",
                   "vm", "debian", "t-boot-marker")
 
 
-@pytest.fixture(scope="session")
-def efi_image(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("vm-efi")
+@pytest.fixture(scope="module")
+def efi_image(scratch) -> Path:
+    tmp = scratch("vm-efi")
     return _build(tmp, "efi", "-t", "qcow2,raw,vmdk,vhd,vdi",
                   "vm", "debian", "block-device-efi", "t-boot-marker")
 
