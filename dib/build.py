@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from dib import __version__, blockdev, chroot, cmd, disk, element, hooks, interrupt, layers
+from dib import __version__, chroot, cmd, disk, element, hooks, interrupt, layers
 from dib import log as dlog
 from dib import outputs, resolver, steps
 from dib import artifacts

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
 
-from dib.cache import ArtifactCache, cache_key, file_sha256
+from dib.cache import ArtifactCache, cache_key
 
 log = logging.getLogger("dib.layers")
 

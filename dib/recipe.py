@@ -403,7 +403,7 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> Outcome:
             tail = f"; {skipped} not started (--stop-on-failure)" if skipped else ""
             outcome.error = DibError(
                 f"recipe: {len(outcome.failed)} of {len(images)} images failed{tail}:\n{lines}",
-                hint=first.hint or f"each image's log is <imagename>.d/build.log")
+                hint=first.hint or "each image's log is <imagename>.d/build.log")
             outcome.error.exit_code = first.exit_code
     else:
         log.info("recipe: built %d image%s: %s", len(images), "" if len(images) == 1 else "s",

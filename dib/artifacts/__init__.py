@@ -227,8 +227,6 @@ def write_disk_artifacts(b: "BuildContext", raw: Path) -> None:
 
 def store_state(b: "BuildContext", images: "ArtifactCache", key: str) -> None:
     """Keep the package list beside the cached image (for the manifest of a reuse)."""
-    from dib.artifacts import manifest
-
     state = _STATE.get(id(b))
     if state is None:
         return
@@ -294,8 +292,6 @@ def write_libvirt_xml(b: "BuildContext") -> Optional[Path]:
 
 def _sha256_of(path: Path) -> Optional[str]:
     """From the --checksum file beside it when there is one, else computed."""
-    from dib.artifacts import container
-
     sums = Path(f"{path}.sha256")
     if sums.is_file():
         word = sums.read_text().split()
