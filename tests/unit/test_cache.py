@@ -316,3 +316,14 @@ def test_cache_limits_from_the_environment():
     assert (c.cache_max_bytes, c.cache_min_free_bytes) == (500 << 20, 0)
     with pytest.raises(ConfigError, match="DIB_CACHE_MIN_FREE: not a size: 'plenty'"):
         parse_args(["vm"], {"DIB_CACHE_MIN_FREE": "plenty"})
+
+
+@pytest.mark.parametrize("order", ["before", "after"])
+def test_dib_cache_takes_the_cache_before_or_after_the_command(tmp_path: Path, capsys, order):
+    pytest.importorskip("diskcache")
+    from dib import cli
+    _aged_entries(tmp_path, [100])
+    opt = ["--image-cache", str(tmp_path)]
+    argv = opt + ["list"] if order == "before" else ["list"] + opt
+    assert cli.dib_cache(argv) == 0
+    assert f"1 entries, 0.0 MiB in {tmp_path}" in capsys.readouterr().out
