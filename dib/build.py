@@ -195,10 +195,11 @@ def _prune_cache(cfg: BuildConfig, *, check_room: bool = False) -> None:
                  "DIB_CACHE_MAX_SIZE (%.1f GiB) and keep DIB_CACHE_MIN_FREE (%.1f GiB) free",
                  len(dropped), sum(e.size for e in dropped) / (1 << 20),
                  cfg.cache_max_bytes / (1 << 30), cfg.cache_min_free_bytes / (1 << 30))
-    free = cache.free_space(cfg.tmp_dir) if check_room else cfg.cache_min_free_bytes
-    if free < cfg.cache_min_free_bytes:
-        log.warning("only %.1f GiB free under %s (TMP_DIR); the build may run out of space",
-                    free / (1 << 30), cfg.tmp_dir)
+    if check_room:
+        free = cache.free_space(cfg.tmp_dir)
+        if free < cfg.cache_min_free_bytes:
+            log.warning("only %.1f GiB free under %s (TMP_DIR); the build may run out of "
+                        "space", free / (1 << 30), cfg.tmp_dir)
 
 
 def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:

@@ -8,6 +8,7 @@ distributions docs/caching.md lists the files that legitimately differ between b
 from __future__ import annotations
 
 import hashlib
+import re
 import subprocess
 import tarfile
 from pathlib import Path
@@ -135,6 +136,22 @@ def test_two_concurrent_builds_share_the_cache_safely(dib):
     assert _tree(dib.image("c0")) == _tree(dib.image("c1"))
     third = _build(dib, "c2")
     assert all(s["cached"] for s in third["steps"])
+
+
+def test_a_short_disk_warns_and_spares_what_a_build_just_used(dib):
+    """DIB_CACHE_MIN_FREE larger than any disk: the build warns before it starts, the
+    pruning after it drops nothing used in the last ten minutes, so the next build is
+    still served from the cache."""
+    env = {"DIB_CACHE_MIN_FREE": "1000T"}
+    proc = dib.run("t-cache", name="one", env=env)
+    assert proc.returncode == 0, proc.stderr
+    log = dib.logfile("one").read_text()
+    assert re.search(r"only [\d.]+ GiB free under \S+ \(TMP_DIR\); the build may run out",
+                     log), log[-2000:]
+    assert "least recently used entries" not in log
+    proc = dib.run("t-cache", name="two", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert all(s["cached"] for s in dib.report("two")["steps"])
 
 
 def test_dib_cache_lists_and_prunes(dib):
