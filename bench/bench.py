@@ -823,7 +823,8 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
                    help="run this project from the checkout itself, not from a copy taken "
                         "at the start of the run")
     p.add_argument("--keep-images", action="store_true",
-                   help="keep the qcow2 files (default: deleted once measured and checked)")
+                   help="keep the qcow2 files and the tools' caches (default: each image is "
+                        "deleted once measured and checked, the caches when the run ends)")
     args = p.parse_args(argv)
     if args.skip_dib:
         if args.only == "dib":
@@ -961,6 +962,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             left = sweep([dirs["tmp"], dirs["out"], dirs["scratch"]])
             if left:
                 say("cleanup: " + "; ".join(left))
+            elif not args.keep_images:
+                # every round starts from empty caches anyway: GiBs nothing reads again
+                shutil.rmtree(dirs["cache"], ignore_errors=True)
             host.close()
         finally:
             for s, h in old.items():
