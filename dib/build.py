@@ -161,6 +161,9 @@ def build_image(cfg: BuildConfig) -> BuildResult:
             status = "ok"
         except DibError as exc:
             error = str(exc)
+            if NO_SPACE in error:
+                exc.hint = "; ".join(filter(None, [
+                    _space_report(cfg, b.wd.base if b is not None else None), exc.hint]))
             raise
         except BaseException as exc:
             error = f"{type(exc).__name__}: {exc}"
@@ -180,6 +183,37 @@ def build_image(cfg: BuildConfig) -> BuildResult:
         if cfg.boot_test:
             _boot_test(cfg, uefi=b.has_esp, timings=timings)
     return BuildResult(b.outputs, report_path, logfile)
+
+
+#: what a process prints when a write fails with ENOSPC
+NO_SPACE = "No space left on device"
+
+
+def _space_report(cfg: BuildConfig, workdir: Optional[Path]) -> str:
+    """Free space on each filesystem the build writes to, for the hint of an ENOSPC error."""
+    from dib import cache
+
+    places = [("the work directory", workdir), ("the image cache", cfg.image_cache),
+              ("TMP_DIR", cfg.tmp_dir), ("the output directory", cfg.report_dir.parent)]
+    seen, parts = set(), []
+    for what, path in places:
+        if path is None:
+            continue
+        try:
+            probe = Path(path)
+            while not probe.exists():
+                probe = probe.parent
+            dev = probe.stat().st_dev
+        except OSError:
+            continue
+        if dev in seen:
+            continue
+        seen.add(dev)
+        parts.append((cache.free_space(probe), f"{what} {path}"))
+    room = ", ".join(f"{where}: {free / (1 << 20):.0f} MiB" for free, where in sorted(parts))
+    return ("a filesystem ran out of space. Free now (the failed step's files are gone), "
+            f"smallest first: {room}. Make room (dib-cache prune --max-size ...) or point "
+            "TMP_DIR / DIB_IMAGE_CACHE at a larger filesystem")
 
 
 def _prune_cache(cfg: BuildConfig, *, check_room: bool = False) -> None:

@@ -7,6 +7,7 @@ subprocess; the ``dib`` fixture fails the test if anything stays mounted, attach
 from __future__ import annotations
 
 import re
+import subprocess
 import time
 
 import pytest
@@ -111,3 +112,26 @@ def test_unknown_break_point_is_a_config_error(dib, value):
     assert "before-install" in err.split("hint:", 1)[1]
     assert list(dib.out.iterdir()) == []
     assert dib.workdirs() == []
+
+
+def test_a_full_disk_names_the_script_and_where_room_is_short(dib, tmp_path):
+    """A hook fills the filesystem its layer is written to (the image cache, on a 32 MiB
+    tmpfs): the error names the script and says how much room each filesystem has left."""
+    small = tmp_path / "small-cache"
+    small.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=32m", "tmpfs", str(small)], check=True)
+    try:
+        make_element(dib.elements, "t-fill", hooks={"install.d": {
+            "10-t-fill": "dd if=/dev/zero of=/t-fill bs=1M count=64\n"}})
+        result = dib.run("t-fill", env={"DIB_IMAGE_CACHE": str(small)})
+    finally:
+        subprocess.run(["umount", str(small)], check=True)
+    err = result.stderr
+    assert result.returncode == 1, err
+    assert "element 't-fill', phase install.d, script 10-t-fill failed" in err
+    assert "No space left on device" in err
+    hint = re.search(r"hint: a filesystem ran out of space\. .*smallest first: (.*)", err)
+    assert hint, err
+    # the 32 MiB cache comes first: every other filesystem here has more room
+    assert re.match(rf"the image cache {re.escape(str(small))}: \d+ MiB, ", hint.group(1)), err
+    _assert_nothing_built(dib)
