@@ -200,9 +200,7 @@ def _space_report(cfg: BuildConfig, workdir: Optional[Path]) -> str:
         if path is None:
             continue
         try:
-            probe = Path(path)
-            while not probe.exists():
-                probe = probe.parent
+            probe = cache.existing_parent(path)
             dev = probe.stat().st_dev
         except OSError:
             continue

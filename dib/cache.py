@@ -253,13 +253,18 @@ def layers_in_use() -> set:
     return names
 
 
-def free_space(path: Path) -> int:
-    """Bytes an unprivileged writer may still use on the filesystem holding ``path`` (or its
-    nearest existing parent)."""
+def existing_parent(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest existing parent (absolute)."""
     path = Path(path).absolute()
     while not path.exists():
         path = path.parent
-    return shutil.disk_usage(path).free
+    return path
+
+
+def free_space(path: Path) -> int:
+    """Bytes an unprivileged writer may still use on the filesystem holding ``path`` (or its
+    nearest existing parent)."""
+    return shutil.disk_usage(existing_parent(path)).free
 
 
 def prune_lru(root: Path, max_bytes: int, *, min_free: int = 0, min_idle: float = 600.0,

@@ -157,12 +157,9 @@ class Reading:
 
 
 def read(root: Path, decl: Declaration) -> Reading:
-    inputs = {}
-    for p in decl.reads:
-        rel = resolve(root, p)
-        inputs[f"read:{p}"] = digest(root, rel)
-    allowed = {resolve(root, p) for p in decl.reads + decl.writes}
-    return Reading(inputs, tuple(sorted(allowed)))
+    where = {p: resolve(root, p) for p in decl.reads + decl.writes}
+    inputs = {f"read:{p}": digest(root, where[p]) for p in decl.reads}
+    return Reading(inputs, tuple(sorted(set(where.values()))))
 
 
 def _under(rel: str, allowed: Iterable[str]) -> bool:
