@@ -1,0 +1,20 @@
+"""Where the diskimage-builder reference installation lives (a venv with it from PyPI).
+
+``bin/dib-host-setup --test`` creates it at ``<checkout>/.venv-dib``; ``DIB_REFERENCE_VENV``
+points elsewhere. The parity tests run diskimage-builder's own resolver from it, and the
+element-library tests take diskimage-builder's elements (and its Python package, for the
+hooks' ``DIB_PYTHON_EXEC``) from it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+#: the diskimage-builder release the reference venv pins
+VERSION = "3.43.0"
+VENV = Path(os.environ.get("DIB_REFERENCE_VENV") or REPO / ".venv-dib")
+PYTHON = VENV / "bin" / "python"
+#: what to run when the reference is missing
+SETUP_HINT = (f"run `python3 bin/dib-host-setup --test` (or set DIB_REFERENCE_VENV to a venv "
+              f"with diskimage-builder=={VERSION})")
