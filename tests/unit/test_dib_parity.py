@@ -1,10 +1,8 @@
-"""Parity with diskimage-builder's own resolver, run from a throwaway venv.
+"""Parity with diskimage-builder's own resolver, run from the reference venv.
 
-Set up once (needs network access to PyPI)::
-
-    python3 -m venv /tmp/dibvenv && /tmp/dibvenv/bin/pip install -q diskimage-builder==3.43.0
-
-``DIB_PARITY_VENV`` points elsewhere; without the venv these tests skip. Our resolver runs on
+``bin/dib-host-setup --test`` (and so ``bin/dib-test``) creates it from PyPI, at the place
+tests/lib/dibref.py names (``DIB_REFERENCE_VENV`` points elsewhere). Without it these tests skip
+saying how to make it, and fail when ``CI`` is set: CI must run them. Our resolver runs on
 dib's own elements directory and must give the same *set* (dib's order is arbitrary) for
 realistic requests, fail where dib fails, and print ``--env`` text of the same shape. The
 deliberate differences (argument order, repeated providers, comment lines) are pinned at the end,
@@ -24,12 +22,19 @@ import pytest
 from dib.element import discover
 from dib.errors import AlreadyProvided, DibError, ElementNotFound, MissingOperatingSystem
 from dib.resolver import resolve
+from tests.lib import dibref
 
-VENV = Path(os.environ.get("DIB_PARITY_VENV", "/tmp/dibvenv"))
-PYTHON = VENV / "bin" / "python"
+PYTHON = dibref.PYTHON
 
-pytestmark = pytest.mark.skipif(not PYTHON.exists(),
-                                reason=f"no diskimage-builder venv at {VENV} (DIB_PARITY_VENV)")
+
+@pytest.fixture(autouse=True, scope="module")
+def reference_venv() -> None:
+    """Skip without the reference venv, but fail in CI, where the parity checks must run."""
+    if not PYTHON.exists():
+        why = f"no diskimage-builder reference venv at {dibref.VENV}: {dibref.SETUP_HINT}"
+        if os.environ.get("CI"):
+            pytest.fail(why + " (CI is set: the parity tests must run)", pytrace=False)
+        pytest.skip(why)
 
 
 def run_dib(elements_path: Path, args: List[str], seed: str = "0"
@@ -46,7 +51,8 @@ def dib_elements() -> Path:
                             "print(os.path.dirname(diskimage_builder.__file__))"],
         capture_output=True, text=True, timeout=60)
     if proc.returncode != 0:
-        pytest.skip(f"diskimage_builder does not import in {VENV}: {proc.stderr.strip()}")
+        pytest.fail(f"diskimage_builder does not import in {dibref.VENV}: {proc.stderr.strip()}"
+                    f"\n{dibref.SETUP_HINT}", pytrace=False)
     return Path(proc.stdout.strip()) / "elements"
 
 
