@@ -27,13 +27,20 @@ def pytest_collection_modifyitems(config, items):
         if tier == "integration":
             item.add_marker(pytest.mark.root)
             if not caps.can_mount():
-                item.add_marker(pytest.mark.skip(reason="needs mount capability (root)"))
+                item.add_marker(pytest.mark.skip(
+                    reason="needs mount capability: run the tests as root, outside an "
+                           "unprivileged container"))
         elif tier == "e2e":
             item.add_marker(pytest.mark.e2e)
             if not (caps.can_mount() and caps.can_loop()):
-                item.add_marker(pytest.mark.skip(reason="needs mount and loop devices (root)"))
+                item.add_marker(pytest.mark.skip(
+                    reason="needs mounts and loop devices: run the tests as root, outside an "
+                           "unprivileged container"))
             elif not caps.can_reach_mirror():
-                item.add_marker(pytest.mark.skip(reason="the Debian mirror is not reachable"))
+                mirror = caps.host_mirror() or "(none in the host's apt sources)"
+                item.add_marker(pytest.mark.skip(
+                    reason=f"the Debian mirror {mirror} is not reachable: set "
+                           "DIB_DISTRIBUTION_MIRROR to one that is"))
 
 
 @pytest.fixture

@@ -80,7 +80,7 @@ def dib(tmp: Path, *args: str, env: Optional[Dict[str, str]] = None,
 def need(*tools: str) -> None:
     missing = [t for t in tools if not shutil.which(t, path=HOST_PATH)]
     if missing:
-        pytest.skip(f"not installed: {', '.join(missing)} (bin/dib-host-setup installs them)")
+        pytest.skip(f"not installed: {', '.join(missing)} (run bin/dib-host-setup --test)")
 
 
 def run(argv: List[str], **kw) -> subprocess.CompletedProcess:

@@ -13,7 +13,8 @@ import pytest
 
 MIRROR = os.environ.get("DIB_TEST_UBUNTU_MIRROR", "")
 
-pytestmark = pytest.mark.skipif(not MIRROR, reason="DIB_TEST_UBUNTU_MIRROR is not set")
+pytestmark = pytest.mark.skipif(not MIRROR, reason="no Ubuntu mirror configured: set "
+                                "DIB_TEST_UBUNTU_MIRROR to one this machine reaches")
 
 
 @pytest.fixture(scope="module")

@@ -168,8 +168,8 @@ def test_e_shim_in_the_private_pylib(synthetic):
 
 # -- the real source, booted ---------------------------------------------------------------
 
-needs_source = pytest.mark.skipif(not SOURCE, reason="DOCKLET_TEST_SOURCE is not set "
-                                                     "(a checkout of unias/docklet)")
+needs_source = pytest.mark.skipif(not SOURCE, reason="DOCKLET_TEST_SOURCE is not set: set it "
+                                                     "to a checkout of unias/docklet")
 
 
 class Console:
@@ -237,7 +237,7 @@ def parse_checks(text: str) -> dict:
 @pytest.fixture(scope="module")
 def real_image(scratch):
     if not SOURCE:
-        pytest.skip("DOCKLET_TEST_SOURCE is not set")
+        pytest.skip("DOCKLET_TEST_SOURCE is not set: set it to a checkout of unias/docklet")
     tmp = scratch("docklet-real")
     return _build(tmp, "docklet", {"DOCKLET_REPO": SOURCE},
                   "vm", "debian", "docklet", "t-docklet-console")

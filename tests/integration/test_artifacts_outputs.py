@@ -98,7 +98,8 @@ def test_layer_has_no_host_device_nodes(containers):
     assert not any(n.startswith(("proc/", "sys/")) for n in members)
 
 
-@pytest.mark.skipif(not shutil.which("skopeo"), reason="skopeo is not installed")
+@pytest.mark.skipif(not shutil.which("skopeo"),
+                    reason="skopeo is not installed: run bin/dib-host-setup --test")
 @pytest.mark.parametrize("transport,name", [("docker-archive", "img.docker.tar"),
                                             ("oci", "img.oci")])
 def test_skopeo_reads_both(containers, transport, name):

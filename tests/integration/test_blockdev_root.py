@@ -38,10 +38,11 @@ TOOLS = ("losetup", "partx", "sfdisk", "sgdisk", "mkfs.ext4", "mkfs.xfs", "mkfs.
 @pytest.fixture(scope="module", autouse=True)
 def capable() -> None:
     if not (caps.can_loop() and caps.can_mount()):
-        pytest.skip("needs loop devices and mounts (root)")
+        pytest.skip("needs loop devices and mounts: run the tests as root, outside an "
+                    "unprivileged container")
     missing = [t for t in TOOLS if not shutil.which(t, path=cmd.SAFE_PATH)]
     if missing:
-        pytest.skip("missing tools: " + ", ".join(missing))
+        pytest.skip("missing tools: " + ", ".join(missing) + " (run bin/dib-host-setup --test)")
 
 
 # -- leak detection ------------------------------------------------------------------------------

@@ -14,6 +14,9 @@ import pytest
 from dib.artifacts import manifest
 from dib.artifacts.manifest import Package
 
+needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-query"),
+                                reason="needs dpkg-query: run on a Debian or Ubuntu host")
+
 STATUS = """\
 Package: hello
 Status: install ok installed
@@ -104,7 +107,7 @@ def test_parse_dpkg_query_keeps_installed_packages_only():
         Package("libfoo1", "1:1.2-3+b1", "amd64", "foo", "1:1.2-3", 12)]
 
 
-@pytest.mark.skipif(not shutil.which("dpkg-query"), reason="needs dpkg-query")
+@needs_dpkg
 def test_dpkg_packages_reads_the_trees_database(tree):
     pkgs = manifest.dpkg_packages(tree)
     assert [(p.name, p.version) for p in pkgs] == [("held", "0.1"), ("hello", "2.10-3"),
@@ -183,7 +186,7 @@ def test_element_entries_hash_every_file(tmp_path):
 
 # -- inside the image (the manifests element) ----------------------------------------------------
 
-@pytest.mark.skipif(not shutil.which("dpkg-query"), reason="needs dpkg-query")
+@needs_dpkg
 def test_in_image_manifest(tree, tmp_path):
     el = tmp_path / "elements" / "web"
     el.mkdir(parents=True)

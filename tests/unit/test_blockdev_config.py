@@ -479,7 +479,7 @@ def test_mkfs_argv(fstype: str, expected: List[str], params: Params) -> None:
 
 needs_sfdisk = pytest.mark.skipif(not shutil.which("sfdisk", path=cmd.SAFE_PATH)
                                   or not shutil.which("sgdisk", path=cmd.SAFE_PATH),
-                                  reason="sfdisk/sgdisk not installed")
+                                  reason="sfdisk/sgdisk not installed: run bin/dib-host-setup")
 
 
 def _read_back(path: Path) -> dict:

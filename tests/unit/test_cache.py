@@ -190,7 +190,6 @@ def test_unknown_arch(tmp_path):
 # -- the store -------------------------------------------------------------------------------
 
 def test_store_and_get(tmp_path: Path):
-    pytest.importorskip("diskcache")
     c = ArtifactCache(tmp_path, "bootstrap")
     assert c.get("k1") is None
     entry = c.store("k1", ".bin", {"a": 1}, lambda p: p.write_bytes(b"x" * 10))
@@ -201,7 +200,6 @@ def test_store_and_get(tmp_path: Path):
 
 
 def test_damaged_entry_is_a_miss(tmp_path: Path):
-    pytest.importorskip("diskcache")
     c = ArtifactCache(tmp_path, "bootstrap")
     entry = c.store("k1", ".bin", {}, lambda p: p.write_bytes(b"abc"))
     Path(entry.path).write_bytes(b"ab")
@@ -210,7 +208,6 @@ def test_damaged_entry_is_a_miss(tmp_path: Path):
 
 
 def test_failed_write_leaves_nothing(tmp_path: Path):
-    pytest.importorskip("diskcache")
     c = ArtifactCache(tmp_path, "bootstrap")
 
     def boom(p: Path):
@@ -223,7 +220,6 @@ def test_failed_write_leaves_nothing(tmp_path: Path):
 
 
 def test_prune_keeps_newest_per_group(tmp_path: Path):
-    pytest.importorskip("diskcache")
     c = ArtifactCache(tmp_path, "bootstrap")
     for i in range(4):
         c.store(f"k{i}", ".bin", {"release": "bookworm"}, lambda p: p.write_bytes(b"x"))
@@ -270,7 +266,6 @@ def _aged_entries(root: Path, sizes) -> ArtifactCache:
 
 
 def test_prune_lru_drops_oldest_down_to_the_size(tmp_path: Path):
-    pytest.importorskip("diskcache")
     c = _aged_entries(tmp_path, [100, 100, 100])
     dropped = cache.prune_lru(tmp_path, 250)
     assert [e.key for e in dropped] == ["k0"]
@@ -281,7 +276,6 @@ def test_prune_lru_drops_oldest_down_to_the_size(tmp_path: Path):
 def test_prune_lru_makes_room_on_a_full_disk(tmp_path: Path):
     """Under the size limit, but the filesystem is short of min_free: drop until the freed
     bytes cover it, oldest first, and no further."""
-    pytest.importorskip("diskcache")
     c = _aged_entries(tmp_path, [100, 100, 100])
     asked = []
 
@@ -297,7 +291,6 @@ def test_prune_lru_makes_room_on_a_full_disk(tmp_path: Path):
 
 
 def test_prune_lru_keeps_entries_in_use(tmp_path: Path):
-    pytest.importorskip("diskcache")
     c = ArtifactCache(tmp_path, "images")
     c.store("fresh", ".bin", {}, lambda p: p.write_bytes(b"x" * 100))
     assert cache.prune_lru(tmp_path, 0, min_free=1 << 40, free=lambda p: 0) == []
@@ -323,7 +316,6 @@ def test_cache_limits_from_the_environment():
 
 @pytest.mark.parametrize("order", ["before", "after"])
 def test_dib_cache_takes_the_cache_before_or_after_the_command(tmp_path: Path, capsys, order):
-    pytest.importorskip("diskcache")
     from dib import cli
     _aged_entries(tmp_path, [100])
     opt = ["--image-cache", str(tmp_path)]

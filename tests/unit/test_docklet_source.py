@@ -15,7 +15,8 @@ from tests.lib import docklet_tree
 
 di = docklet_tree.element_module()
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="needs git")
+pytestmark = pytest.mark.skipif(shutil.which("git") is None,
+                                reason="needs git: run bin/dib-host-setup (or apt-get install git)")
 
 
 @pytest.fixture(scope="module")
