@@ -76,8 +76,8 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
     """Boot ``image`` and wait until every regex in ``expect`` has appeared on the serial
     console (in any order), a failure pattern appears, QEMU exits, or ``timeout`` passes.
 
-    ``extra_args`` go to QEMU as they are (e.g. ``["-nic", "user,hostfwd=..."]``; the default
-    is no NIC). With ``interact``, the serial console is also a unix socket, and
+    ``extra_args`` go to QEMU as they are (e.g. ``["-nic", "user,hostfwd=..."]``); unless
+    they hold a ``-nic`` or ``-netdev``, the VM has no NIC. With ``interact``, the serial console is also a unix socket, and
     ``interact(socket_path)`` is called once every pattern has shown, while the VM still
     runs; what it raises propagates after QEMU is stopped."""
     cmd.require_tools("qemu-system-x86_64", "qemu-img",
@@ -92,6 +92,9 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
     serial.unlink(missing_ok=True)
     accel = "kvm" if kvm_works() else "tcg"
     socket = workdir / "serial.sock"
+    if interact is not None and len(os.fsencode(socket.absolute())) > 100:
+        raise DibError(f"boot test: the console socket path is too long for a unix socket: "
+                       f"{socket}", hint="use a shorter work directory")
     serial_args = ["-serial", f"file:{serial}"] if interact is None else [
         "-chardev", f"socket,id=console,path={socket},server=on,wait=off,logfile={serial}",
         "-serial", "chardev:console"]
