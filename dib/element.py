@@ -106,10 +106,15 @@ def first_sentence(text: str) -> str:
     return text
 
 
-def summarize(lines: Sequence[str]) -> str:
-    """The first sentence of the first paragraph of a README, markup stripped."""
+def summarize(lines: Sequence[str], limit: int = 240) -> str:
+    """The first sentence of the first paragraph of a README, markup stripped; a sentence
+    longer than ``limit`` characters is cut at a word boundary and ends in "..."."""
     text = re.sub(r"\s*::$", ":", _first_paragraph(lines))  # "text::" opens a literal block
-    return first_sentence(strip_rst(text))
+    sentence = first_sentence(strip_rst(text))
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[:limit - 3]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",;:") + "..."
 
 
 def run_parts_key(name: str) -> Tuple[int, bytes]:

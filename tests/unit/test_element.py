@@ -153,6 +153,13 @@ def test_summary_is_the_first_sentence_of_the_readme(catalogue, readme, summary)
     assert catalogue({"e": {"readme": readme}})["e"].summary == summary
 
 
+def test_a_summary_with_no_sentence_end_in_sight_is_cut_at_a_word():
+    text = " ".join(f"word{i}," for i in range(100))
+    summary = element.summarize(["t", "=", text], limit=60)
+    assert len(summary) <= 60 and summary.endswith("...")
+    assert text.startswith(summary[:-3] + ",")  # whole words, the trailing comma dropped
+
+
 def test_every_shipped_elements_summary_is_one_whole_sentence(repo_root):
     cat = element.discover([repo_root / "elements"])
     for e in cat.elements.values():
