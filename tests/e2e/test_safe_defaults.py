@@ -62,8 +62,9 @@ def image(scratch, password_hash) -> Path:
         "DIB_DEV_USER_USERNAME": USER, "DIB_DEV_USER_PASSWORD_HASH": password_hash,
         "DIB_DEV_USER_PWDLESS_SUDO": "yes", "DIB_DEV_USER_AUTHORIZED_KEYS": str(no_keys)})
     out = tmp / "out" / "debian"
+    # --no-cache: with a password of its own, no layer of this build is ever reused
     proc = subprocess.run([sys.executable, str(ROOT / "bin" / "disk-image-create"), "-x",
-                           "--no-tmpfs", "-t", "qcow2", "-o", str(out),
+                           "--no-tmpfs", "--no-cache", "-t", "qcow2", "-o", str(out),
                            "vm", "debian", "growroot", "devuser"],
                           env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=2400)
