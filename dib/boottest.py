@@ -77,9 +77,10 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
     console (in any order), a failure pattern appears, QEMU exits, or ``timeout`` passes.
 
     ``extra_args`` go to QEMU as they are (e.g. ``["-nic", "user,hostfwd=..."]``); unless
-    they hold a ``-nic`` or ``-netdev``, the VM has no NIC. With ``interact``, the serial console is also a unix socket, and
-    ``interact(socket_path)`` is called once every pattern has shown, while the VM still
-    runs; what it raises propagates after QEMU is stopped."""
+    they hold a ``-nic`` or ``-netdev``, the VM has no NIC. With ``interact``, the serial
+    console is also a unix socket, and ``interact(socket_path)`` is called once every
+    pattern has shown, while the VM still runs; what it raises propagates after QEMU is
+    stopped."""
     cmd.require_tools("qemu-system-x86_64", "qemu-img",
                       package_hint={"qemu-system-x86_64": "qemu-system-x86",
                                     "qemu-img": "qemu-utils"})
