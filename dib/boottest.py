@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence
 
 from dib import cmd
 from dib.errors import DibError
@@ -71,9 +71,16 @@ def _firmware(uefi: bool, workdir: Path) -> list:
 
 def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool = False,
          expect: Sequence[str] = DEFAULT_EXPECT, timeout: float = 300,
-         memory_mib: int = 1024) -> BootResult:
+         memory_mib: int = 1024, extra_args: Sequence[str] = (),
+         interact: Optional[Callable[[Path], None]] = None) -> BootResult:
     """Boot ``image`` and wait until every regex in ``expect`` has appeared on the serial
-    console (in any order), a failure pattern appears, QEMU exits, or ``timeout`` passes."""
+    console (in any order), a failure pattern appears, QEMU exits, or ``timeout`` passes.
+
+    ``extra_args`` go to QEMU as they are (e.g. ``["-nic", "user,hostfwd=..."]``); unless
+    they hold a ``-nic`` or ``-netdev``, the VM has no NIC. With ``interact``, the serial
+    console is also a unix socket, and ``interact(socket_path)`` is called once every
+    pattern has shown, while the VM still runs; what it raises propagates after QEMU is
+    stopped."""
     cmd.require_tools("qemu-system-x86_64", "qemu-img",
                       package_hint={"qemu-system-x86_64": "qemu-system-x86",
                                     "qemu-img": "qemu-utils"})
@@ -85,9 +92,18 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
     serial = workdir / "serial.log"
     serial.unlink(missing_ok=True)
     accel = "kvm" if kvm_works() else "tcg"
+    socket = workdir / "serial.sock"
+    if interact is not None and len(os.fsencode(socket.absolute())) > 100:
+        raise DibError(f"boot test: the console socket path is too long for a unix socket: "
+                       f"{socket}", hint="use a shorter work directory")
+    serial_args = ["-serial", f"file:{serial}"] if interact is None else [
+        "-chardev", f"socket,id=console,path={socket},server=on,wait=off,logfile={serial}",
+        "-serial", "chardev:console"]
     argv = ["qemu-system-x86_64", "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
             "-m", str(memory_mib), "-smp", "2", "-display", "none", "-monitor", "none",
-            "-serial", f"file:{serial}", "-no-reboot", "-nic", "none",
+            *serial_args, "-no-reboot",
+            *(extra_args if any(a in ("-nic", "-netdev") for a in extra_args)
+              else ["-nic", "none", *extra_args]),
             *_firmware(uefi, workdir),
             "-drive", f"file={overlay},if=virtio,format=qcow2"]
     log.info("boot test (%s, %s): waiting for %s", accel, "UEFI" if uefi else "BIOS",
@@ -104,6 +120,8 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
                     seen[pat] = round(elapsed, 1)
                     log.info("boot test: %r after %.1f s", pat, elapsed)
             if len(seen) == len(expect):
+                if interact is not None:
+                    interact(socket)
                 break
             bad = next((p for p in FAILURES if re.search(p, text)), None)
             if bad:

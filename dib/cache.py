@@ -267,14 +267,79 @@ def free_space(path: Path) -> int:
     return shutil.disk_usage(existing_parent(path)).free
 
 
+#: where the dpkg element keeps the .deb files apt fetched (``<distro>-<release>-<arch>/``)
+DEB_ARCHIVES = Path("chroot") / "apt" / "archives"
+#: the part of the cache the engine bind-mounts into chroots (DIB_CHROOT_CACHE)
+CHROOT_CACHE = Path("chroot")
+
+
+def deb_files(root: Path) -> list:
+    """The cached .deb files as entries of kind ``deb`` (not in the index: apt writes them).
+
+    apt reads a cached .deb without writing it, so a file's last use is its newest access or
+    modification time -- as exact as the filesystem keeps access times (``relatime`` updates
+    them at least daily; under ``noatime`` a file counts as used when it was downloaded).
+    apt's ``partial/`` downloads are not entries."""
+    out = []
+    base = root / DEB_ARCHIVES
+    for dirpath, dirnames, filenames in os.walk(base):
+        dirnames[:] = [d for d in dirnames if d != "partial"]
+        for name in filenames:
+            if not name.endswith(".deb"):
+                continue
+            path = Path(dirpath) / name
+            try:
+                st = path.lstat()
+            except OSError:
+                continue
+            out.append(Entry(os.fspath(path.relative_to(base)), "deb", os.fspath(path),
+                             st.st_blocks * 512, st.st_mtime, {},
+                             max(st.st_atime, st.st_mtime)))
+    return out
+
+
+def bind_mounted(directory: Path, mountinfo: Optional[str] = None) -> bool:
+    """Is ``directory`` (or something below it) bind-mounted somewhere on this machine right
+    now -- as a build's chroot has the cache's ``chroot/`` while its hooks run?"""
+    try:
+        real = Path(os.path.realpath(directory))
+        st = real.stat()
+        if mountinfo is None:
+            mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return False
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    rows = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) >= 5 and fields[2] == dev:
+            rows.append((fields[3], fields[4]))  # root within the filesystem, mount point
+    # the mount ``directory`` is reached through: the longest mount point above it
+    home = max(((r, m) for r, m in rows if real == Path(m) or Path(m) in real.parents),
+               key=lambda rm: len(rm[1]), default=None)
+    if home is None:
+        return False
+    inside = Path(home[0]) / real.relative_to(home[1])
+    return any(Path(r) == inside or inside in Path(r).parents
+               for r, m in rows if (r, m) != home)
+
+
 def prune_lru(root: Path, max_bytes: int, *, min_free: int = 0, min_idle: float = 600.0,
-              free: Callable[[Path], int] = free_space) -> list:
+              free: Callable[[Path], int] = free_space,
+              chroot_cache_in_use: Callable[[Path], bool] = bind_mounted) -> list:
     """Drop least-recently-used entries until the cache holds at most ``max_bytes`` and its
     filesystem has at least ``min_free`` bytes free (as far as dropping the cache can get it).
 
-    Entries used in the last ``min_idle`` seconds are kept whatever the size: a build running
-    right now may have them mounted. Returns the entries dropped."""
-    entries = all_entries(root)
+    The entries are the index's (bootstrap tarballs, layers, images) and the cached .deb
+    files (:func:`deb_files`), all in one least-recently-used order. Entries used in the last
+    ``min_idle`` seconds are kept whatever the size: a build running right now may have them
+    mounted. So are the .deb files while any build has the cache's ``chroot/`` mounted (apt
+    may be between downloading a package and installing it). Returns the entries dropped."""
+    debs = deb_files(root)
+    if debs and chroot_cache_in_use(root / CHROOT_CACHE):
+        log.debug("the .deb cache is in use by a running build: not pruned this time")
+        debs = []
+    entries = sorted(all_entries(root) + debs, key=lambda e: e.used or e.created)
     total = sum(e.size for e in entries)
     available = free(root) if min_free else 0
     dropped = []
@@ -285,7 +350,11 @@ def prune_lru(root: Path, max_bytes: int, *, min_free: int = 0, min_idle: float 
             break
         if now - (e.used or e.created) < min_idle or Path(e.path).name in mounted:
             continue
-        ArtifactCache(root, e.kind).drop(e)
+        if e.kind == "deb":
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+        else:
+            ArtifactCache(root, e.kind).drop(e)
         total -= e.size
         available += e.size
         dropped.append(e)

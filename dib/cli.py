@@ -41,14 +41,20 @@ def _guarded(main: Callable[[List[str]], int], argv: Optional[Sequence[str]]) ->
 def _element_info_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="element-info",
-        description="Resolve elements the way disk-image-create does (without adding 'base' "
-                    "or a block-device element), or list what is available. Elements are "
-                    "looked up in ELEMENTS_PATH (colon separated, earlier entries win), then "
-                    "in the built-in elements.",
+        description="Resolve elements the way disk-image-create does -- adding 'base' "
+                    "(unless -n) and, for 'vm' without a block-device-* element, the default "
+                    "block device -- or list what is available. Elements are looked up in "
+                    "ELEMENTS_PATH (colon separated, earlier entries win), then in the "
+                    "built-in elements.",
         epilog="Output is the same whatever the order of the ELEMENT arguments: dependencies "
                "come before the elements that need them, ties in name order.")
     p.add_argument("elements", nargs="*", metavar="ELEMENT",
                    help="elements to resolve (repeating one is harmless)")
+    p.add_argument("-n", dest="skip_base", action="store_true",
+                   help="do not add the 'base' element (as disk-image-create -n)")
+    p.add_argument("-a", dest="arch",
+                   help="target architecture, which picks the default block device "
+                        "(default: $ARCH, else the host's)")
     p.add_argument("-d", "--expand-dependencies", action="store_true",
                    help="accepted for compatibility with old diskimage-builder; expansion is "
                         "always on")
@@ -57,22 +63,24 @@ def _element_info_parser() -> argparse.ArgumentParser:
                       help="print the IMAGE_ELEMENT and IMAGE_ELEMENT_YAML exports and the "
                            "get_image_element_array function, as diskimage-builder does")
     mode.add_argument("--list", action="store_true",
-                      help="list every available element: name, path and the first line of "
-                           "its README (takes no ELEMENT)")
+                      help="list every available element: name, path and the first "
+                           "sentence of its README (takes no ELEMENT)")
     mode.add_argument("--graph", action="store_true",
                       help="print the resolved dependency graph in DOT (A -> B: A depends on B)")
     p.add_argument("--json", action="store_true",
                    help="print JSON instead: with --list, a list of {name, path, summary, deps, "
-                        "provides, overrides}; otherwise the resolution {requested, order, "
-                        "provided, elements: [{name, path, deps, provides, requires}]}, which "
-                        "holds everything --env and --graph show (so --json wins over them)")
+                        "provides, overrides}; otherwise the resolution {requested, "
+                        "implicit, order, provided, elements: [{name, path, deps, provides, "
+                        "requires}]} (implicit: what was added to the ELEMENT arguments), "
+                        "which holds everything --env and --graph show (so --json wins over "
+                        "them)")
     p.add_argument("--debug", action="store_true", help="debug logging; tracebacks on errors")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 
 def _element_info(argv: List[str]) -> int:
-    from dib import element, log as dlog, resolver
+    from dib import config, element, log as dlog, resolver
 
     parser = _element_info_parser()
     args = parser.parse_args(argv)
@@ -95,9 +103,12 @@ def _element_info(argv: List[str]) -> int:
         for r in rows:
             print(f"{r['name']:<{name_w}}  {r['path']:<{path_w}}  {r['summary']}".rstrip())
         return 0
-    res = resolver.resolve(args.elements, catalogue)
+    arch = args.arch or os.environ.get("ARCH") or config.host_arch()  # as disk-image-create
+    names = resolver.implicit_elements(args.elements, skip_base=args.skip_base, arch=arch)
+    res = resolver.resolve(names, catalogue)
     if args.json:
-        print(resolver.to_json(res), end="")
+        implicit = [n for n in names if n not in args.elements]
+        print(json.dumps({**resolver.to_data(res), "implicit": implicit}, indent=2))
     elif args.graph:
         print(resolver.to_dot(res), end="")
     elif args.env:

@@ -51,18 +51,70 @@ def _read_list(path: Path) -> Tuple[str, ...]:
 _ADORNMENT = re.compile(r"^([=\-~^*#+`:.'\"_])\1*$")
 
 
-def _first_prose_line(lines: Sequence[str]) -> str:
+def _first_paragraph(lines: Sequence[str]) -> str:
+    """The first paragraph of prose, joined into one line.
+
+    Section titles (a line with an adornment line under it), adornment lines, rst comments
+    and directives (``.. x``) and Markdown headings are skipped; the paragraph ends at a blank
+    line, a title, a directive or a field (``:Default:``)."""
+    para: List[str] = []
     for i, line in enumerate(lines):
         text = line.strip()
-        if not text or _ADORNMENT.match(text) or re.match(r"\.\.(\s|$)", text):
-            continue
-        if text.startswith("#"):  # a Markdown heading
-            continue
         nxt = lines[i + 1].strip() if i + 1 < len(lines) else ""
-        if _ADORNMENT.match(nxt):  # a section title
+        structural = (not text or _ADORNMENT.match(text) or re.match(r"\.\.(\s|$)", text)
+                      or text.startswith("#") or re.match(r":\w[^:]*:(\s|$)", text)
+                      or bool(_ADORNMENT.match(nxt)))
+        if structural:
+            if para:
+                break
             continue
-        return text
-    return ""
+        para.append(text)
+    return " ".join(para)
+
+
+_RST_MARKUP = (
+    (re.compile(r"``(.+?)``"), r"\1"),                           # ``literal``
+    (re.compile(r":[\w.+-]+:`([^`<]*?)\s*<[^`>]*>`"), r"\1"),     # :role:`text <target>`
+    (re.compile(r":[\w.+-]+:`([^`]*)`"), r"\1"),                  # :role:`x`
+    (re.compile(r"`([^`<]*?)\s*<[^`>]*>`__?"), r"\1"),            # `text <url>`_
+    (re.compile(r"`([^`]+)`__?"), r"\1"),                        # `ref`_
+    (re.compile(r"`([^`]+)`"), r"\1"),                           # `interpreted`, Markdown code
+    (re.compile(r"\*\*(.+?)\*\*"), r"\1"),                       # **strong**
+    (re.compile(r"(?<![\w*])\*([^*\s][^*]*?)\*(?![\w*])"), r"\1"),  # *emphasis*
+    (re.compile(r"\\(.)"), r"\1"),                              # backslash escapes
+)
+_ABBREVIATIONS = ("e.g", "i.e", "etc", "cf", "vs", "approx", "incl", "resp")
+_SENTENCE_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def strip_rst(text: str) -> str:
+    """Inline RST markup (literals, roles, references, emphasis) reduced to its text."""
+    for pattern, repl in _RST_MARKUP:
+        text = pattern.sub(repl, text)
+    return text
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first full stop (or ! or ?) that ends a sentence: followed by the end or by
+    a space and a capital letter, and not ending an abbreviation such as "e.g."."""
+    for m in _SENTENCE_END.finditer(text):
+        head, tail = text[:m.start()], text[m.end():].lstrip()
+        if head.lower().endswith(_ABBREVIATIONS) or head.endswith("."):
+            continue
+        if not tail or tail[0].isupper() or tail[0].isdigit() or tail[0] in "\"'(`*":
+            return text[:m.end()]
+    return text
+
+
+def summarize(lines: Sequence[str], limit: int = 240) -> str:
+    """The first sentence of the first paragraph of a README, markup stripped; a sentence
+    longer than ``limit`` characters is cut at a word boundary and ends in "..."."""
+    text = re.sub(r"\s*::$", ":", _first_paragraph(lines))  # "text::" opens a literal block
+    sentence = first_sentence(strip_rst(text))
+    if len(sentence) <= limit:
+        return sentence
+    cut = sentence[:limit - 3]
+    return (cut.rsplit(" ", 1)[0] if " " in cut else cut).rstrip(",;:") + "..."
 
 
 def run_parts_key(name: str) -> Tuple[int, bytes]:
@@ -82,18 +134,14 @@ class Element:
 
     @property
     def summary(self) -> str:
-        """The first line of prose in README.rst (or README.md), or ''.
-
-        Section titles (a line with an adornment line under it), adornment lines, and rst
-        comments or directives (``.. x``) are skipped, so ``vm``'s README gives
-        "Sets up a partitioned disk (rather than building just one filesystem with no".
-        """
+        """The first sentence of README.rst (or README.md) after its title, inline markup
+        stripped (:func:`summarize`), or ''."""
         for readme in ("README.rst", "README.md"):
             try:
                 lines = (self.path / readme).read_text(errors="replace").splitlines()
             except OSError:
                 continue
-            return _first_prose_line(lines)
+            return summarize(lines)
         return ""
 
     def environment_files(self) -> Tuple[Path, ...]:

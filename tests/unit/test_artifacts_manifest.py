@@ -68,17 +68,19 @@ def tree(tmp_path: Path) -> Path:
 
 def test_secret_names_are_redacted():
     env = {"DIB_DEV_USER_PASSWORD": "hunter2", "DIB_GITHUB_TOKEN": "ghp_x",
+           "DIB_DEV_USER_PASSWORD_HASH": "$6$salt$hash",
            "DIB_CLIENT_SECRET": "s", "DIB_SSH_KEY": "k", "DIB_DEV_USER_AUTHORIZED_KEYS": "/k",
            "DIB_api_key": "lower", "DIB_RELEASE": "bookworm", "DIB_EMPTY_PASSWORD": "",
            "HOME": "/root", "MY_PASSWORD": "not a DIB_ variable", "DIB_ENV": "internal",
            "DIB_ARGS": "internal"}
     out = manifest.redact_env(env)
     assert out == {"DIB_CLIENT_SECRET": "<redacted>", "DIB_DEV_USER_AUTHORIZED_KEYS": "<redacted>",
-                   "DIB_DEV_USER_PASSWORD": "<redacted>", "DIB_EMPTY_PASSWORD": "",
+                   "DIB_DEV_USER_PASSWORD": "<redacted>",
+                   "DIB_DEV_USER_PASSWORD_HASH": "<redacted>", "DIB_EMPTY_PASSWORD": "",
                    "DIB_GITHUB_TOKEN": "<redacted>", "DIB_RELEASE": "bookworm",
                    "DIB_SSH_KEY": "<redacted>", "DIB_api_key": "<redacted>"}
     assert list(out) == sorted(out)
-    for secret in ("hunter2", "ghp_x", "lower"):
+    for secret in ("hunter2", "ghp_x", "lower", "$6$salt$hash"):
         assert secret not in json.dumps(out)
 
 

@@ -322,3 +322,75 @@ def test_dib_cache_takes_the_cache_before_or_after_the_command(tmp_path: Path, c
     argv = opt + ["list"] if order == "before" else ["list"] + opt
     assert cli.dib_cache(argv) == 0
     assert f"1 entries, 0.0 MiB in {tmp_path}" in capsys.readouterr().out
+
+
+# -- the .deb cache ---------------------------------------------------------------------------
+
+def _deb(root: Path, name: str, size: int, age: float, release: str = "debian-bookworm-amd64",
+         sub: str = "") -> Path:
+    path = root / cache.DEB_ARCHIVES / release / sub / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"d" * size)
+    when = time.time() - age
+    os.utime(path, (when, when))
+    return path
+
+
+def test_debs_are_pruned_with_the_other_entries_least_recently_used_first(tmp_path: Path):
+    """The .deb files apt left in chroot/apt/archives count towards DIB_CACHE_MAX_SIZE and
+    go in one least-recently-used order with the index's entries."""
+    pytest.importorskip("diskcache")
+    c = _aged_entries(tmp_path, [8192, 8192])           # used about an hour ago
+    oldest = _deb(tmp_path, "a_1_amd64.deb", 8192, age=7200)
+    newer = _deb(tmp_path, "b_1_amd64.deb", 8192, age=1800)
+    partial = _deb(tmp_path, "c_1_amd64.deb", 8192, age=9000, sub="partial")
+    fresh = _deb(tmp_path, "d_1_amd64.deb", 8192, age=10)
+    not_a_deb = _deb(tmp_path, "lock", 10, age=9000)
+    sizes = {e.path: e.size for e in cache.deb_files(tmp_path)}
+    assert set(sizes) == {str(oldest), str(newer), str(fresh)}  # partial/ is apt's, not ours
+    total = sum(sizes.values()) + sum(e.size for e in c.entries())
+    keep = total - sizes[str(oldest)] - 2 * max(e.size for e in c.entries())
+    dropped = cache.prune_lru(tmp_path, keep, chroot_cache_in_use=lambda p: False)
+    assert [e.kind for e in dropped] == ["deb", "images", "images"]
+    assert dropped[0].path == str(oldest) and not oldest.exists()
+    assert newer.exists() and fresh.exists() and partial.exists() and not_a_deb.exists()
+    # down to nothing: the recently used .deb stays, as the recently used entries do
+    cache.prune_lru(tmp_path, 0, chroot_cache_in_use=lambda p: False)
+    assert not newer.exists() and fresh.exists()
+
+
+def test_debs_stay_while_a_build_has_the_chroot_cache_mounted(tmp_path: Path):
+    pytest.importorskip("diskcache")
+    _aged_entries(tmp_path, [100])
+    deb = _deb(tmp_path, "a_1_amd64.deb", 100, age=7200)
+    asked = []
+
+    def in_use(path: Path) -> bool:
+        asked.append(path)
+        return True
+    dropped = cache.prune_lru(tmp_path, 0, chroot_cache_in_use=in_use)
+    assert [e.kind for e in dropped] == ["images"] and deb.exists()
+    assert asked == [tmp_path / "chroot"]
+
+
+def test_bind_mounted_finds_a_bind_mount_of_the_directory_or_below(tmp_path: Path):
+    cache_dir = tmp_path / "cache" / "chroot"
+    (cache_dir / "apt").mkdir(parents=True)
+    st = os.stat(tmp_path)
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    # tmp_path's filesystem mounted at /, so its path inside the filesystem is its own path
+    base = f"27 1 {dev} / / rw,relatime shared:1 - ext4 /dev/vda rw\n"
+    assert not cache.bind_mounted(cache_dir, base)
+    chroot = f"90 27 {dev} {cache_dir} /tmp/dib_build.x/mnt/tmp/dib-cache rw - ext4 /dev/vda rw\n"
+    assert cache.bind_mounted(cache_dir, base + chroot)
+    below = f"91 27 {dev} {cache_dir}/apt /somewhere rw - ext4 /dev/vda rw\n"
+    assert cache.bind_mounted(cache_dir, base + below)
+    # a bind mount of something above it, or of another filesystem, is not a use
+    above = f"92 27 {dev} {tmp_path} /elsewhere rw - ext4 /dev/vda rw\n"
+    other = f"93 27 0:99 {cache_dir} /x rw - tmpfs tmpfs rw\n"
+    assert not cache.bind_mounted(cache_dir, base + above + other)
+    # the filesystem mounted at a sub-directory: paths inside it are relative to its root
+    sub = f"27 1 {dev} /data {tmp_path} rw - ext4 /dev/vda rw\n"
+    inner = f"94 27 {dev} /data/cache/chroot /mnt/x rw - ext4 /dev/vda rw\n"
+    assert cache.bind_mounted(cache_dir, sub + inner)
+    assert not cache.bind_mounted(tmp_path / "nonexistent", base + chroot)

@@ -131,9 +131,41 @@ def test_providers_of_lists_every_provider_sorted(catalogue):
     ("Debian Minimal\n--------------\n\n.. note:: x\n\n  Builds Debian.\n", "Builds Debian."),
     ("Just one line\n", "Just one line"),
     ("=====\nTitle\n=====\n", ""),
+    # a sentence over several lines is joined, not cut at the line's end
+    ("==\nvm\n==\nSets up a partitioned disk (rather than\none filesystem). Then more.\n",
+     "Sets up a partitioned disk (rather than one filesystem)."),
+    # the paragraph ends at a blank line or a field list
+    ("t\n=\n\nNo stop here\n\nNext paragraph.\n", "No stop here"),
+    ("t\n=\nShort\n:Default: x\n", "Short"),
+    # abbreviations, versions and lower-case continuations do not end the sentence
+    ("Uses e.g. grub 2.06 and etc. files. Second.\n", "Uses e.g. grub 2.06 and etc. files."),
+    ("Ends with a path /etc/x. then lower case. Done.\n",
+     "Ends with a path /etc/x. then lower case."),
+    # inline markup is reduced to its text
+    ("Sets ``DIB_X`` via :ref:`the docs <x>`, :envvar:`Y` and `Docklet <https://d>`_.\n",
+     "Sets DIB_X via the docs, Y and Docklet."),
+    ("A `ref`_ and an `anon`__, **bold** and *emph*, not a*b*c.\n",
+     "A ref and an anon, bold and emph, not a*b*c."),
+    ("# Title\n\nMarkdown `code` here.\n", "Markdown code here."),
+    ("t\n=\nBoots into a thing::\n\n    literal\n", "Boots into a thing:"),
 ])
-def test_summary_is_first_prose_line_of_readme(catalogue, readme, summary):
+def test_summary_is_the_first_sentence_of_the_readme(catalogue, readme, summary):
     assert catalogue({"e": {"readme": readme}})["e"].summary == summary
+
+
+def test_a_summary_with_no_sentence_end_in_sight_is_cut_at_a_word():
+    text = " ".join(f"word{i}," for i in range(100))
+    summary = element.summarize(["t", "=", text], limit=60)
+    assert len(summary) <= 60 and summary.endswith("...")
+    assert text.startswith(summary[:-3] + ",")  # whole words, the trailing comma dropped
+
+
+def test_every_shipped_elements_summary_is_one_whole_sentence(repo_root):
+    cat = element.discover([repo_root / "elements"])
+    for e in cat.elements.values():
+        assert e.summary, e.name
+        assert e.summary[-1] in ".:!?)", (e.name, e.summary)
+        assert not any(m in e.summary for m in ("``", ":ref:", "`_", "::")), (e.name, e.summary)
 
 
 def test_summary_without_readme_is_empty(catalogue):

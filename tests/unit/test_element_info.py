@@ -25,20 +25,21 @@ def tree(make_elements):
 # -- default output ----------------------------------------------------------------------
 
 def test_prints_the_expanded_set_on_one_line_in_order(element_info, tree):
-    rc, out, err = element_info("os", "app", "impl", path=[tree])
+    rc, out, err = element_info("-n", "os", "app", "impl", path=[tree])
     assert (rc, out) == (0, "impl lib app os\n")
     assert err == ""
 
 
 def test_expand_dependencies_flag_is_a_no_op(element_info, tree):
-    plain = element_info("app", "impl", "os", path=[tree])
-    assert element_info("-d", "app", "impl", "os", path=[tree]) == plain
-    assert element_info("--expand-dependencies", "app", "impl", "os", path=[tree]) == plain
+    plain = element_info("-n", "app", "impl", "os", path=[tree])
+    assert element_info("-n", "-d", "app", "impl", "os", path=[tree]) == plain
+    assert element_info("-n", "--expand-dependencies", "app", "impl", "os",
+                        path=[tree]) == plain
 
 
 def test_override_warning_goes_to_stderr_naming_both_paths(element_info, tree, make_elements):
     mine = make_elements({"lib": {"deps": ["extra"]}, "extra": {}}, under="mine")
-    rc, out, err = element_info("app", "impl", "os", path=[mine, tree])
+    rc, out, err = element_info("-n", "app", "impl", "os", path=[mine, tree])
     assert (rc, out) == (0, "extra impl lib app os\n")
     assert "warning" in err
     assert str((mine / "lib").resolve()) in err and str((tree / "lib").resolve()) in err
@@ -47,7 +48,7 @@ def test_override_warning_goes_to_stderr_naming_both_paths(element_info, tree, m
 # -- --env --------------------------------------------------------------------------------
 
 def test_env_output_has_diskimage_builders_exact_format(element_info, tree):
-    rc, out, _ = element_info("--env", "app", "impl", "os", path=[tree])
+    rc, out, _ = element_info("-n", "--env", "app", "impl", "os", path=[tree])
     p = {n: (tree / n).resolve() for n in ("impl", "lib", "app", "os")}
     assert rc == 0
     assert out == (
@@ -74,7 +75,7 @@ def _eval_in_bash(env_text: str) -> str:
 
 
 def test_env_output_evaluates_in_bash_as_dib_consumes_it(element_info, tree):
-    _, out, _ = element_info("-e", "app", "impl", "os", path=[tree])
+    _, out, _ = element_info("-n", "-e", "app", "impl", "os", path=[tree])
     array, names, rest = _eval_in_bash(out).split("--\n")
     assert array.splitlines() == [f"{n}={(tree / n).resolve()}"
                                   for n in ("app", "impl", "lib", "os")]
@@ -87,7 +88,7 @@ def test_env_output_evaluates_in_bash_as_dib_consumes_it(element_info, tree):
 
 def test_env_output_survives_a_quote_in_an_element_path(element_info, make_elements):
     root = make_elements({"os": OS}, under="it's here")
-    _, out, _ = element_info("--env", "os", path=[root])
+    _, out, _ = element_info("-n", "--env", "os", path=[root])
     array, names, rest = _eval_in_bash(out).split("--\n")
     assert names == "os\n"
     assert yaml.safe_load(rest.rsplit("\n", 2)[0]) == {"os": str((root / "os").resolve())}
@@ -131,7 +132,7 @@ def test_list_takes_no_element_arguments(element_info, tree):
 # -- --graph and --json ---------------------------------------------------------------------
 
 def test_graph_is_dot_with_dependant_to_dependency_edges(element_info, tree):
-    rc, out, _ = element_info("--graph", "app", "impl", "os", path=[tree])
+    rc, out, _ = element_info("-n", "--graph", "app", "impl", "os", path=[tree])
     assert rc == 0
     lines = [line.strip() for line in out.splitlines()]
     assert lines[1] == "digraph elements {" and lines[-1] == "}"
@@ -142,7 +143,7 @@ def test_graph_is_dot_with_dependant_to_dependency_edges(element_info, tree):
 
 
 def test_json_is_the_resolution(element_info, tree):
-    rc, out, _ = element_info("--json", "os", "app", "impl", path=[tree])
+    rc, out, _ = element_info("-n", "--json", "os", "app", "impl", path=[tree])
     data = json.loads(out)
     assert rc == 0
     assert data["order"] == ["impl", "lib", "app", "os"]
@@ -155,8 +156,8 @@ def test_json_is_the_resolution(element_info, tree):
 
 @pytest.mark.parametrize("mode", ["--env", "--graph"])
 def test_json_wins_over_env_and_graph(element_info, tree, mode):
-    plain = element_info("--json", "app", "impl", "os", path=[tree])
-    assert element_info(mode, "--json", "app", "impl", "os", path=[tree]) == plain
+    plain = element_info("-n", "--json", "app", "impl", "os", path=[tree])
+    assert element_info("-n", mode, "--json", "app", "impl", "os", path=[tree]) == plain
 
 
 @pytest.mark.parametrize("argv", [["--env", "--graph", "os"], ["--list", "--env"], []])
@@ -177,7 +178,7 @@ def test_usage_errors_exit_2(element_info, tree, argv):
 def test_errors_exit_1_with_message_and_hint_and_no_traceback(element_info, make_elements,
                                                               argv, culprit):
     root = make_elements(dict(TREE, os2=OS))
-    rc, out, err = element_info(*argv, path=[root])
+    rc, out, err = element_info("-n", *argv, path=[root])
     assert rc == 1 and out == ""
     assert err.startswith("error: ") and culprit in err.splitlines()[0]
     assert "Traceback" not in err
@@ -185,28 +186,92 @@ def test_errors_exit_1_with_message_and_hint_and_no_traceback(element_info, make
 
 def test_missing_element_hint_names_searched_paths_and_close_match(element_info, tree,
                                                                     empty_builtin):
-    rc, _, err = element_info("ap", "os", path=[tree])
+    rc, _, err = element_info("-n", "ap", "os", path=[tree])
     assert rc == 1
     hint = [line for line in err.splitlines() if line.startswith("hint: ")][0]
     assert "did you mean app" in hint and f"{tree}:{empty_builtin}" in hint
 
 
 def test_bad_elements_path_entry_is_named(element_info, tree, tmp_path):
-    rc, _, err = element_info("os", path=[tree, tmp_path / "nowhere"])
+    rc, _, err = element_info("-n", "os", path=[tree, tmp_path / "nowhere"])
     assert rc == 1 and str(tmp_path / "nowhere") in err and "Traceback" not in err
 
 
 def test_debug_shows_the_traceback(element_info, tree):
-    rc, _, err = element_info("--debug", "nosuch", "os", path=[tree])
+    rc, _, err = element_info("-n", "--debug", "nosuch", "os", path=[tree])
     assert rc == 1 and "Traceback" in err and "ElementNotFound" in err
 
 
 def test_real_process_exit_status_and_clean_stderr(tree, repo_root, subprocess_env):
     cmd = [sys.executable, str(repo_root / "bin" / "element-info")]
     env = dict(subprocess_env, ELEMENTS_PATH=str(tree))
-    ok = subprocess.run(cmd + ["app", "impl", "os"], env=env, capture_output=True, text=True)
+    ok = subprocess.run(cmd + ["-n", "app", "impl", "os"], env=env, capture_output=True,
+                        text=True)
     assert (ok.returncode, ok.stdout) == (0, "impl lib app os\n")
     bad = subprocess.run(cmd + ["debain"], env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith("error: element 'debain' not found")
     assert "Traceback" not in bad.stderr
+
+
+# -- what disk-image-create adds ------------------------------------------------------------
+
+VM_TREE = dict(TREE, base={}, vm={"deps": ["block-device"]},
+               **{"block-device-mbr": {"provides": ["block-device"]},
+                  "block-device-efi": {"provides": ["block-device"]}})
+
+
+@pytest.fixture
+def vm_tree(make_elements):
+    return make_elements(VM_TREE)
+
+
+def test_base_and_the_default_block_device_are_added_as_disk_image_create_does(
+        element_info, vm_tree):
+    rc, out, err = element_info("vm", "os", path=[vm_tree], env={"ARCH": "amd64"})
+    assert (rc, err) == (0, "")
+    assert set(out.split()) == {"base", "block-device-mbr", "vm", "os"}
+    rc, out, _ = element_info("-n", "vm", "os", path=[vm_tree], env={"ARCH": "amd64"})
+    assert set(out.split()) == {"block-device-mbr", "vm", "os"}
+
+
+@pytest.mark.parametrize("argv, env, device", [
+    (["-a", "arm64"], {}, "block-device-efi"),
+    ([], {"ARCH": "arm64"}, "block-device-efi"),
+    (["-a", "amd64"], {"ARCH": "arm64"}, "block-device-mbr"),
+    (["block-device-efi"], {"ARCH": "amd64"}, "block-device-efi"),
+])
+def test_the_block_device_follows_the_architecture_or_the_choice_made(element_info, vm_tree,
+                                                                      argv, env, device):
+    rc, out, _ = element_info("-n", *argv, "vm", "os", path=[vm_tree], env=env)
+    assert rc == 0
+    assert [n for n in out.split() if n.startswith("block-device-")] == [device]
+
+
+def test_without_vm_no_block_device_is_added(element_info, vm_tree):
+    rc, out, _ = element_info("os", path=[vm_tree])
+    assert (rc, out) == (0, "base os\n")
+
+
+def test_json_says_what_was_added(element_info, vm_tree):
+    rc, out, _ = element_info("--json", "os", "vm", path=[vm_tree], env={"ARCH": "amd64"})
+    data = json.loads(out)
+    assert rc == 0
+    assert data["implicit"] == ["base", "block-device-mbr"]
+    assert sorted(data["requested"]) == ["base", "block-device-mbr", "os", "vm"]
+    assert "block-device-mbr" in data["order"]
+
+
+def test_env_exports_the_set_disk_image_create_builds(element_info, vm_tree):
+    _, out, _ = element_info("--env", "vm", "os", path=[vm_tree], env={"ARCH": "amd64"})
+    _, names, _ = _eval_in_bash(out).split("--\n")
+    assert set(names.split()) == {"base", "block-device-mbr", "vm", "os"}
+
+
+def test_the_readmes_graph_example_works_with_the_shipped_elements(repo_root, subprocess_env):
+    # README.md: element-info --graph vm debian | dot -Tsvg
+    env = {k: v for k, v in subprocess_env.items() if k != "ELEMENTS_PATH"}
+    proc = subprocess.run([sys.executable, str(repo_root / "bin" / "element-info"), "--graph",
+                           "vm", "debian"], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert '"block-device-mbr"' in proc.stdout and '"base" [style=bold];' in proc.stdout
