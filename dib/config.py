@@ -237,14 +237,26 @@ def _formats(value: str) -> Tuple["ImageFormat", ...]:
         try:
             fmt = ImageFormat(name)
         except ValueError:
-            raise Invalid(f"has an unknown output type '{name}'") from None
+            raise Invalid(f"unknown output type '{name}'") from None
         if fmt not in out:
             out.append(fmt)
     return tuple(out) or (ImageFormat.QCOW2,)
 
 
 def _packages(value: str) -> Tuple[str, ...]:
-    return tuple(p.strip() for p in value.split(",") if p.strip())
+    names = tuple(p.strip() for p in value.split(",") if p.strip())
+    bad = [n for n in names if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9+._:=~-]*", n)]
+    if bad:
+        raise Invalid(f"'{bad[0]}' is not a package name")
+    return names
+
+
+def _recipe_file(value: str) -> Tuple[str, ...]:
+    files = tuple(value.split(","))  # one per --recipe (see setting_value)
+    for f in files:
+        if not os.path.isfile(f):
+            raise Invalid(f"{f} is not a file")
+    return files
 
 
 def _checksums(value: str) -> Tuple[str, ...]:
@@ -256,7 +268,7 @@ def _checksums(value: str) -> Tuple[str, ...]:
     algs = tuple(a.strip() for a in v.split(",") if a.strip())
     bad = [a for a in algs if a not in ("md5", "sha256")]
     if bad:
-        raise Invalid(f"has an unknown algorithm '{', '.join(bad)}'")
+        raise Invalid(f"unknown algorithm '{', '.join(bad)}'")
     return algs
 
 
@@ -264,7 +276,7 @@ def _break_points(value: str) -> Tuple[str, ...]:
     points = tuple(p.strip() for p in value.split(",") if p.strip())
     bad = [p for p in points if p not in BREAK_POINTS]
     if bad:
-        raise Invalid(f"has an unknown break point '{bad[0]}'")
+        raise Invalid(f"unknown break point '{bad[0]}'")
     return points
 
 
@@ -450,7 +462,8 @@ SETTINGS: Tuple[Setting, ...] = (
     _s("skip_base", "do not add the 'base' element", ("-n",), "skip-base", kind="flag"),
     _s("packages", "extra packages, installed once after install.d (comma separated, "
        "repeatable)", ("-p",), "packages", kind="list", parse=_packages, metavar="PKGS",
-       accepts="package names, comma separated", good="vim,curl"),
+       accepts="package names (name, name=version, name:arch), comma separated",
+       bad="vim curl", good="vim,curl"),
     _s("checksum", "write <image>.md5 and <image>.sha256 (the variable may name one "
        "algorithm)", ("--checksum",), "checksum", ("DIB_CHECKSUM",), "flag", _checksums, "0",
        accepts="1 (md5 and sha256), 0, md5, sha256 or md5,sha256", bad="crc32", good="sha256"),
@@ -541,16 +554,16 @@ SETTINGS: Tuple[Setting, ...] = (
     _s("cleanup", "remove what killed builds left behind (mounts, loop devices, work dirs) "
        "and exit", ("--cleanup",), kind="flag"),
     _s("recipe", "build the images a YAML recipe describes (repeatable; takes no ELEMENT; "
-       "docs/artifacts.md)", ("--recipe",), kind="list", metavar="FILE",
-       accepts="a recipe file", good="images.yaml"),
+       "docs/artifacts.md)", ("--recipe",), kind="list", parse=_recipe_file, metavar="FILE",
+       accepts="a recipe file", bad="/nonexistent/images.yaml", good="images.yaml"),
     _s("stop_on_failure", "with --recipe: stop at the first image that fails",
        ("--stop-on-failure",), kind="flag"),
     # -- debugging ------------------------------------------------------------------------
     _s("debug", "show tracebacks on errors", ("--debug",), kind="flag"),
     _s("debug_traceback", "as --debug", env=("DIB_DEBUG_TRACEBACK",), kind="flag", **_BOOL),
     _s("break_points", "open a debug shell there (docs/debugging.md)", env=("break",),
-       parse=_break_points, accepts="before-<phase>, after-<phase>, after-error (comma "
-       "separated)", bad="before-lunch", good="after-error"),
+       parse=_break_points, accepts="break points, comma separated: "
+       + ", ".join(BREAK_POINTS), bad="before-lunch", good="after-error"),
     _s("break_cmd", "the shell a break opens", env=("break_cmd",), parse=_shell_command,
        default="bash", accepts="a command line", bad="'", good="zsh -i"),
     _s("break_outside_target", "open break shells on the host even for in-chroot phases",
@@ -602,7 +615,7 @@ SETTINGS: Tuple[Setting, ...] = (
        good="4"),
     _s("vagrant_vagrantfile", "your own Vagrantfile for the box",
        env=("DIB_VAGRANT_VAGRANTFILE",), parse=_existing_file, accepts="a file",
-       default_text="generated", bad="/nonexistent/Vagrantfile", good="/etc/hostname"),
+       default_text="generated", bad="/nonexistent/Vagrantfile", good="/etc/passwd"),
     # -- libvirt domain (<image>.xml, disk outputs) ---------------------------------------
     _s("libvirt_xml", "write <image>.xml", env=("DIB_LIBVIRT_XML",), kind="flag",
        default="1", **{**_BOOL, "good": "0"}),
@@ -631,7 +644,7 @@ SETTINGS: Tuple[Setting, ...] = (
        good="file:/tmp/console.log"),
     _s("libvirt_template", "your own domain template", env=("DIB_LIBVIRT_TEMPLATE",),
        parse=_existing_file, accepts="a file", default_text="built in",
-       bad="/nonexistent.xml", good="/etc/hostname"),
+       bad="/nonexistent.xml", good="/etc/passwd"),
 )
 
 BY_NAME: Dict[str, Setting] = {s.name: s for s in SETTINGS}

@@ -201,7 +201,7 @@ def test_check_passes_and_makes_one_config_per_image(tmp_path):
 
 
 @pytest.mark.parametrize("extra,match", [
-    ({"types": ["qcow3"]}, "image 2 \\('b'\\): 'types': has an unknown output type 'qcow3'"),
+    ({"types": ["qcow3"]}, "image 2 \\('b'\\): 'types': unknown output type 'qcow3'"),
     ({"elements": ["no-such-element"]}, "image 2 \\('b'\\): .*no-such-element"),
     ({"types": ["docker"], "docker-target": "Bad:Name"},
      "image 2 \\('b'\\): 'docker-target': 'Bad:Name' is not a valid image name"),
