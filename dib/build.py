@@ -134,6 +134,8 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     artifacts.check(cfg)
     _check_host(cfg)
     disk_config = disk.block_device_config_text(cfg, res) if cfg.needs_block_device else None
+    if disk_config is not None:
+        disk.check_block_device_config(cfg, disk_config)
 
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
     logfile = cfg.logfile or cfg.report_dir / "build.log"

@@ -206,11 +206,15 @@ def _dib_cache(argv: List[str]) -> int:
         total = sum(e.size for e in entries)
         print(f"{len(entries)} entries, {total / (1 << 20):.1f} MiB in {root}")
         return 0
-    try:
-        limit = 0 if args.all else cache.parse_size(args.max_size)
-        min_free = cache.parse_size(args.min_free)
-    except ValueError as exc:
-        raise ConfigError(str(exc), hint="e.g. 20G, 500M or 0") from None
+    sizes = {}
+    for option, text in (("--max-size", None if args.all else args.max_size),
+                         ("--min-free", args.min_free)):
+        try:
+            sizes[option] = 0 if text is None else cache.parse_size(text)
+        except ValueError as exc:
+            raise ConfigError(f"{option}: {exc}", hint=f"{option} takes a size such as 20G, "
+                              "500M or 0") from None
+    limit, min_free = sizes["--max-size"], sizes["--min-free"]
     dropped = cache.prune_lru(root, limit, min_free=min_free)
     print(f"dropped {len(dropped)} entries, "
           f"{sum(e.size for e in dropped) / (1 << 20):.1f} MiB")

@@ -233,7 +233,8 @@ def _formats(value: str) -> Tuple["ImageFormat", ...]:
         if not name:
             continue
         if name in PENDING_FORMATS:
-            raise NotYetSupported(f"output type '{name}' {PENDING_FORMATS[name]}")
+            raise NotYetSupported(f"-t: output type '{name}' {PENDING_FORMATS[name]}",
+                                  hint="-t takes " + ", ".join(f.value for f in ImageFormat))
         try:
             fmt = ImageFormat(name)
         except ValueError:

@@ -16,7 +16,7 @@ from dib import artifacts, blockdev, cmd, outputs, resolver
 from dib.blockdev.partition import PartitioningSpec
 from dib.config import BuildConfig, ImageFormat
 from dib.context import BuildContext, finish_tree
-from dib.errors import CommandFailed, DibError
+from dib.errors import CommandFailed, ConfigError, DibError
 from dib.steps import FINAL_PHASES
 from dib.tree import LayeredTree
 
@@ -49,6 +49,21 @@ def block_device_config_text(cfg: BuildConfig, res: resolver.Resolution) -> str:
                 log.info("block-device config: %s from element %s", name, e.name)
                 return (e.path / name).read_text()
     return blockdev.default_config_text()
+
+
+def check_block_device_config(cfg: BuildConfig, text: str) -> None:
+    """Parse and check the block-device config now (it is pure), so a bad one fails before
+    the tree is built rather than after."""
+    params = blockdev.Params(image_dir=cfg.tmp_dir, mount_base=cfg.tmp_dir,
+                             root_fs_type=cfg.fs_type, root_label=cfg.root_label,
+                             root_mkfs_opts=cfg.root_mkfs_options, block_size=cfg.block_size,
+                             uuid_seed=cfg.uuid_seed or "check")
+    try:
+        blockdev.load_config(text, params)
+    except ConfigError as exc:
+        if cfg.block_device_config is not None:
+            exc.message = f"DIB_BLOCK_DEVICE_CONFIG: {exc.message}"
+        raise
 
 
 def _tree_bytes(tree: Path) -> int:

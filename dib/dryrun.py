@@ -102,6 +102,9 @@ def plan(cfg: BuildConfig) -> List[str]:
         lines.append("qcow2 compression: " + (cfg.qcow2_compression_type if cfg.compress
                                                 else "off (-u)"))
     if cfg.needs_block_device:
+        from dib import disk
+
+        disk.check_block_device_config(cfg, disk.block_device_config_text(cfg, res))
         lines.append(f"block device: {_block_device_source(cfg, res)}; root filesystem "
                      f"{cfg.fs_type}"
                      + (f", mkfs options '{cfg.root_mkfs_options}'" if cfg.root_mkfs_options
