@@ -784,22 +784,20 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def setting_value(s: Setting, given: Any, env: Mapping[str, str]) -> Any:
-    """The value of ``s``: ``given`` on the command line, else its variable, else the
-    default; parsed and validated (ConfigError naming where it came from)."""
-    if s.kind == "list" and given:
-        return s.value(",".join(given), s.flags[0])
-    if s.kind == "count":
-        env_value = _from_env(s, env)
-        return max(given or 0, env_value if env_value is not None else 0)
-    if s.kind == "flag" and given:
-        return True if s.parse is _text or s.parse is _boolean else s.parse("1")
-    if s.kind not in ("flag", "list") and given not in (None, ""):
-        return s.value(str(given), s.flags[0])
-    if given == "" and s.flags:
-        return s.value("", s.flags[0])
-    env_value = _from_env(s, env)
-    if env_value is not None:
-        return env_value
+    """The value of ``s``: ``given`` on the command line (None, False, [] or 0 when it was
+    not), else its first variable that is set, else the default; parsed and validated
+    (ConfigError naming where it came from)."""
+    if s.kind == "count":  # -x -x and DIB_DEBUG_TRACE=2: the larger
+        return max(given or 0, _from_env(s, env) or 0)
+    if given is True:  # a bare flag: what its variable would be at 1
+        return True if s.parse is _text else s.parse("1")
+    if isinstance(given, list) and given:  # repeated: -t a -t b is -t a,b
+        given = ",".join(given)
+    if isinstance(given, str):
+        return s.value(given, s.flags[0])
+    from_env = _from_env(s, env)
+    if from_env is not None:
+        return from_env
     if s.default is None:
         return False if s.kind == "flag" and s.parse is _text else None
     return s.value(s.default, f"the default of {s.sources}")

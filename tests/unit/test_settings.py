@@ -240,3 +240,11 @@ def test_dry_run_with_n_adds_nothing_and_still_checks(tmp_path):
                DIB_QCOW2_COMPRESSION_TYPE="gzip")
     assert bad.returncode == 1 and bad.stdout == ""
     assert bad.stderr.startswith("error: DIB_QCOW2_COMPRESSION_TYPE: must be one of zstd, zlib")
+
+
+def test_a_bad_block_device_layout_fails_before_the_build(tmp_path):
+    proc = _run(["--dry-run", "-o", str(tmp_path / "img"), "-t", "raw", "fake-os"], tmp_path,
+                DIB_BLOCK_DEVICE_CONFIG="- local_loop: {name: image0, size: lots}")
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: DIB_BLOCK_DEVICE_CONFIG: block-device node 'image0', "
+                                  "key 'size': 'lots' is not a size"), proc.stderr
