@@ -35,6 +35,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib import cmd, mirror
 from dib.cache import ArtifactCache, cache_key, describe_inputs, file_sha256
+from dib.config import DEFAULT_IMAGE_CACHE
 from dib.errors import ConfigError, DibError
 from dib.log import helper_main
 
@@ -304,7 +305,7 @@ def run(env: Mapping[str, str]) -> None:
     target = Path(env.get("TARGET_ROOT", ""))
     if not env.get("TARGET_ROOT") or not target.is_dir():
         raise ConfigError("debootstrap: TARGET_ROOT is not a directory")
-    cache_root = Path(env.get("DIB_IMAGE_CACHE") or os.path.expanduser("~/.cache/image-create"))
+    cache_root = Path(env.get("DIB_IMAGE_CACHE") or os.path.expanduser(DEFAULT_IMAGE_CACHE))
     hooks = Path(env["TMP_HOOKS_PATH"]) if env.get("TMP_HOOKS_PATH") else None
 
     tool = choose_tool(env, shutil.which("mmdebstrap", path=cmd.SAFE_PATH) is not None)

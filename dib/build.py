@@ -25,6 +25,7 @@ from dib import log as dlog
 from dib import outputs, resolver, steps
 from dib import artifacts
 from dib.cache import ArtifactCache
+from dib import config
 from dib.config import BuildConfig, describe
 from dib.context import BuildContext, hook_environment
 from dib.errors import ConfigError, DibError
@@ -61,10 +62,10 @@ def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) ->
     return {"tree": tree_key, "final_scripts": steps.final_scripts_digest(b),
             "block_device": disk_config, "formats": [f.value for f in cfg.formats],
             "compress": cfg.compress, "qemu_img_options": cfg.qemu_img_options,
-            "compression_type": cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE", ""),
+            "compression_type": cfg.qcow2_compression_type,
             "size": [cfg.image_size_gib, cfg.image_extra_size_mib], "fs_type": cfg.fs_type,
-            "root_label": cfg.root_label, "mkfs_options": cfg.mkfs_options,
-            "block_size": b.block_size, "seed": cfg.env.get("DIB_UUID_SEED", ""),
+            "root_label": cfg.root_label, "mkfs_options": cfg.root_mkfs_options,
+            "block_size": cfg.block_size, "seed": cfg.uuid_seed,
             **({"artifacts": extra} if (extra := artifacts.cache_inputs(cfg)) else {})}
 
 
@@ -126,12 +127,15 @@ def _build(b: BuildContext, disk_config: Optional[str]) -> None:
 
 def build_image(cfg: BuildConfig) -> BuildResult:
     """Build the image ``cfg`` describes. Raises DibError on anything the user can fix."""
+    config.preflight(cfg)
     catalogue = element.discover(element.search_path(cfg.elements_path))
     names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base, arch=cfg.arch)
     res = resolver.resolve(names, catalogue)
     artifacts.check(cfg)
     _check_host(cfg)
     disk_config = disk.block_device_config_text(cfg, res) if cfg.needs_block_device else None
+    if disk_config is not None:
+        disk.check_block_device_config(cfg, disk_config)
 
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
     logfile = cfg.logfile or cfg.report_dir / "build.log"
@@ -241,13 +245,12 @@ def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
 
     fmt = next(f for f in cfg.formats if f.is_qemu_disk)
     image = cfg.output_path(fmt)
-    expect = [cfg.env["DIB_BOOT_TEST_EXPECT"]] if cfg.env.get("DIB_BOOT_TEST_EXPECT") \
-        else list(boottest.DEFAULT_EXPECT)
-    uefi = uefi and cfg.env.get("DIB_BOOT_TEST_FIRMWARE") != "bios"
+    expect = [cfg.boot_test_expect] if cfg.boot_test_expect else list(boottest.DEFAULT_EXPECT)
+    uefi = uefi and cfg.boot_test_firmware != "bios"
     workdir = cfg.report_dir / "boot-test"
     with timings.measure("phase", "(boot test)"):
         result = boottest.boot(image, workdir, image_format=fmt.value, uefi=uefi, expect=expect,
-                               timeout=float(cfg.env.get("DIB_BOOT_TEST_TIMEOUT", "300")))
+                               timeout=cfg.boot_test_timeout)
     if not result.passed:
         tail = "\n".join(result.serial_text().replace("\r", "").splitlines()[-15:])
         if not tail.strip():

@@ -14,14 +14,15 @@ import traceback
 from typing import Callable, List, Optional, Sequence
 
 from dib import __version__
-from dib.errors import DibError, report
+from dib.errors import ConfigError, DibError, report
 
 log = logging.getLogger("dib")
 
 
 def _guarded(main: Callable[[List[str]], int], argv: Optional[Sequence[str]]) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in args or os.environ.get("DIB_DEBUG_TRACEBACK") == "1"
+    debug = "--debug" in args or os.environ.get("DIB_DEBUG_TRACEBACK", "").strip().lower() in (
+        "1", "true", "yes", "on")
     try:
         return main(args)
     except DibError as exc:
@@ -134,6 +135,10 @@ def _disk_image_create(argv: List[str]) -> int:
 
     if any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
         from dib import recipe
+        if "--dry-run" in argv:
+            for n, (img, cfg) in enumerate(recipe.check_all(argv, dict(os.environ)), 1):
+                _print_plan(cfg, f"image {n} ({img.name}) ")
+            return 0
         outcome = recipe.run(argv, dict(os.environ))
         for path in outcome.outputs:
             print(path)
@@ -147,11 +152,23 @@ def _disk_image_create(argv: List[str]) -> int:
         for line in workdir.cleanup_stale(cfg.tmp_dir):
             print(line)
         return 0
+    if cfg.dry_run:
+        _print_plan(cfg)
+        return 0
     from dib import build
     result = build.build_image(cfg)
     for path in result.outputs:
         print(path)
     return 0
+
+
+def _print_plan(cfg, title: str = "") -> None:
+    from dib import dryrun
+
+    lines = dryrun.plan(cfg)
+    print(f"{title}dry run: nothing is built")
+    for line in lines:
+        print(f"  {line}")
 
 
 def disk_image_create(argv: Optional[Sequence[str]] = None) -> int:
@@ -162,19 +179,18 @@ def disk_image_create(argv: Optional[Sequence[str]] = None) -> int:
 
 def _dib_cache(argv: List[str]) -> int:
     import time
-    from pathlib import Path
 
-    from dib import cache
+    from dib import cache, config
 
     p = argparse.ArgumentParser(prog="dib-cache",
                                 description="List and prune dib's cache (bootstrap tarballs, "
                                             "tree layers, finished images).")
-    p.add_argument("--image-cache", default=os.environ.get("DIB_IMAGE_CACHE")
-                   or os.path.expanduser("~/.cache/image-create"))
+    cache_setting = config.BY_NAME["image_cache"]
+    config.add_argument(p, cache_setting)
     p.add_argument("--debug", action="store_true")
     # the same options after the command too (dib-cache list --image-cache DIR)
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--image-cache", default=argparse.SUPPRESS)
+    config.add_argument(common, cache_setting, default=argparse.SUPPRESS)
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS)
     sub = p.add_subparsers(dest="command", required=True)
     ls = sub.add_parser("list", parents=[common], help="every entry, least recently used first")
@@ -187,7 +203,7 @@ def _dib_cache(argv: List[str]) -> int:
     pr.add_argument("--min-free", default="0",
                     help="also drop entries while the cache's filesystem has less free, e.g. 5G")
     args = p.parse_args(argv)
-    root = Path(args.image_cache)
+    root = config.setting_value(cache_setting, args.image_cache, os.environ)
     if args.command == "list":
         entries = cache.all_entries(root)
         if args.json:
@@ -201,11 +217,15 @@ def _dib_cache(argv: List[str]) -> int:
         total = sum(e.size for e in entries)
         print(f"{len(entries)} entries, {total / (1 << 20):.1f} MiB in {root}")
         return 0
-    try:
-        limit = 0 if args.all else cache.parse_size(args.max_size)
-        min_free = cache.parse_size(args.min_free)
-    except ValueError as exc:
-        raise DibError(str(exc)) from None
+    sizes = {}
+    for option, text in (("--max-size", None if args.all else args.max_size),
+                         ("--min-free", args.min_free)):
+        try:
+            sizes[option] = 0 if text is None else cache.parse_size(text)
+        except ValueError as exc:
+            raise ConfigError(f"{option}: {exc}", hint=f"{option} takes a size such as 20G, "
+                              "500M or 0") from None
+    limit, min_free = sizes["--max-size"], sizes["--min-free"]
     dropped = cache.prune_lru(root, limit, min_free=min_free)
     print(f"dropped {len(dropped)} entries, "
           f"{sum(e.size for e in dropped) / (1 << 20):.1f} MiB")

@@ -13,14 +13,14 @@ import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List
 
 import yaml
 
 from dib import chroot, cmd, element, hooks, outputs, resolver
 from dib import log as dlog
 from dib.config import BuildConfig
-from dib.errors import ConfigError, DibError
+from dib.errors import DibError
 from dib.layers import LayerStore, StepRecord
 from dib.phases import BY_NAME, Phase
 from dib.runparts import PhaseContext, phase_environment, run_phase
@@ -59,15 +59,6 @@ class BuildContext:
     @property
     def chroot_cache(self) -> Path:
         return self.cfg.image_cache / "chroot"
-
-    @property
-    def block_size(self) -> Optional[int]:
-        value = self.cfg.env.get("DIB_BLOCK_SIZE", "").strip()
-        if not value:
-            return None
-        if not value.isdigit():
-            raise ConfigError(f"DIB_BLOCK_SIZE must be a number of bytes, not '{value}'")
-        return int(value)
 
     def add_output(self, path: Path) -> None:
         self.outputs.append(path)
@@ -121,8 +112,8 @@ class BuildContext:
             self.open_shell(point, ctx)
 
     def open_shell(self, why: str, ctx: PhaseContext) -> None:
-        inside = ctx.phase.in_chroot and not self.cfg.env.get("break_outside_target")
-        shell = self.cfg.env.get("break_cmd") or "bash"
+        inside = ctx.phase.in_chroot and not self.cfg.break_outside_target
+        shell = self.cfg.break_cmd
         log.warning("break (%s): starting %s %s; exit the shell to continue", why, shell,
                     f"in the chroot {ctx.root}" if inside else f"in {self.wd.base}")
         env = phase_environment(ctx)

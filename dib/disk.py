@@ -40,15 +40,8 @@ def block_device_config_text(cfg: BuildConfig, res: resolver.Resolution) -> str:
     """DIB_BLOCK_DEVICE_CONFIG (inline or file://), else the first element (in resolution
     order) with block-device-<ARCH>.yaml or block-device-default.yaml, else dib's fallback:
     one filesystem with no partition table."""
-    value = cfg.env.get("DIB_BLOCK_DEVICE_CONFIG", "").strip()
-    if value.startswith("file://"):
-        path = Path(value[len("file://"):])
-        try:
-            return path.read_text()
-        except OSError as exc:
-            raise ConfigError(f"DIB_BLOCK_DEVICE_CONFIG: cannot read {path}: {exc.strerror}")
-    if value:
-        return value
+    if cfg.block_device_config is not None:
+        return cfg.block_device_config
     arch = "ppc64el" if cfg.arch in ("ppc64le", "ppc64el") else cfg.arch
     for name in (f"block-device-{arch}.yaml", "block-device-default.yaml"):
         for e in res.ordered():
@@ -56,6 +49,21 @@ def block_device_config_text(cfg: BuildConfig, res: resolver.Resolution) -> str:
                 log.info("block-device config: %s from element %s", name, e.name)
                 return (e.path / name).read_text()
     return blockdev.default_config_text()
+
+
+def check_block_device_config(cfg: BuildConfig, text: str) -> None:
+    """Parse and check the block-device config now (it is pure), so a bad one fails before
+    the tree is built rather than after."""
+    params = blockdev.Params(image_dir=cfg.tmp_dir, mount_base=cfg.tmp_dir,
+                             root_fs_type=cfg.fs_type, root_label=cfg.root_label,
+                             root_mkfs_opts=cfg.root_mkfs_options, block_size=cfg.block_size,
+                             uuid_seed=cfg.uuid_seed or "check")
+    try:
+        blockdev.load_config(text, params)
+    except ConfigError as exc:
+        if cfg.block_device_config is not None:
+            exc.message = f"DIB_BLOCK_DEVICE_CONFIG: {exc.message}"
+        raise
 
 
 def _tree_bytes(tree: Path) -> int:
@@ -106,8 +114,8 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
             tree_bytes = _tree_bytes(view)
         probe = blockdev.Params(image_dir=wd.image, mount_base=wd.mnt, image_size=None,
                                 root_fs_type=cfg.fs_type, root_label=root_label,
-                                root_mkfs_opts=cfg.mkfs_options, block_size=b.block_size,
-                                uuid_seed=cfg.env.get("DIB_UUID_SEED") or b.tree_key)
+                                root_mkfs_opts=cfg.root_mkfs_options,
+                                block_size=cfg.block_size, uuid_seed=cfg.uuid_seed or b.tree_key)
         config = blockdev.load_config(config_text, probe)
         size = image_size(cfg, tree_bytes, config)
         params = blockdev.Params(**{**probe.__dict__, "image_size": size})
@@ -156,7 +164,6 @@ def _convert_disks(b: BuildContext, raw: Path) -> None:
                 cmd.run(outputs.qemu_img_convert_argv(
                     raw, fmt.value, tmp, compress=b.cfg.compress,
                     options=b.cfg.qemu_img_options,
-                    compression_type=b.cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE")
-                    or outputs.DEFAULT_COMPRESSION_TYPE))
+                    compression_type=b.cfg.qcow2_compression_type))
         b.add_output(dest)
     artifacts.write_disk_artifacts(b, raw)

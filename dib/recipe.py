@@ -59,38 +59,25 @@ class Key:
         return self.arg or f"--{self.name}"
 
 
-KEYS: Dict[str, Key] = {k.name: k for k in [
-    Key("imagename", "str", "-o", help="output base name"),
-    Key("elements", "positional", help="elements to build the image from"),
-    Key("types", "list", "-t", help="output types"),
-    Key("environment", "env", help="environment variables (strings) for this image"),
-    Key("arch", "enum", "-a", ("aarch64", "amd64", "arm64", "armhf", "i386", "powerpc",
-                               "ppc64", "ppc64el", "ppc64le", "s390x", "x86_64")),
-    Key("packages", "list", "-p", help="extra packages"),
-    Key("debug-trace", "repeat", "-x"),
-    Key("uncompressed", "flag", "-u"),
-    Key("clear", "flag", help="build with only this image's environment"),
-    Key("logfile", "str"),
-    Key("checksum", "flag"),
-    Key("image-size", "number", help="GiB"),
-    Key("image-extra-size", "int", help="MiB"),
-    Key("image-cache", "str"),
-    Key("max-online-resize", "int"),
-    Key("min-tmpfs", "number"),
-    Key("mkfs-journal-size", "int"),
-    Key("mkfs-options", "str"),
-    Key("no-tmpfs", "flag"),
-    Key("offline", "flag"),
-    Key("qemu-img-options", "options"),
-    Key("root-label", "str"),
-    Key("install-type", "enum", choices=("source", "package")),
-    Key("docker-target", "str"),
-    Key("skip-base", "flag", "-n"),
-    Key("no-cache", "flag"),
-    Key("boot-test", "flag"),
-    Key("ramdisk", "unsupported"),
-    Key("ramdisk-element", "unsupported"),
-]}
+#: how each kind of setting (dib.config.KINDS) is written in a recipe
+RECIPE_KINDS = {"text": "str", "flag": "flag", "count": "repeat", "list": "list",
+                "positional": "positional", "choice": "enum", "int": "int", "number": "number",
+                "options": "options"}
+
+
+def _keys() -> Dict[str, Key]:
+    """The recipe keys: every setting of dib.config.SETTINGS with a recipe key, plus the
+    recipe's own (environment) and diskimage-builder's that dib refuses (ramdisk)."""
+    from dib.config import SETTINGS
+
+    keys = [Key(s.recipe, RECIPE_KINDS[s.kind], s.flags[0] if s.flags else None, s.choices,
+                s.help) for s in SETTINGS if s.recipe]
+    keys += [Key("environment", "env", help="environment variables (strings) for this image"),
+             Key("ramdisk", "unsupported"), Key("ramdisk-element", "unsupported")]
+    return {k.name: k for k in keys}
+
+
+KEYS: Dict[str, Key] = _keys()
 
 TYPE_WORDS = {"str": "a string", "int": "a whole number", "number": "a number",
               "flag": "true or false", "list": "a list of strings",
@@ -360,15 +347,27 @@ def _check(img: Image):
 
     try:
         cfg = config.parse_args(img.argv, img.env)
+        config.preflight(cfg)
         catalogue = element.discover(element.search_path(cfg.elements_path))
         names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base,
                                            arch=cfg.arch)
         resolver.resolve(names, catalogue)
         artifacts.check(cfg)
     except DibError as exc:
+        setting, source = getattr(exc, "setting", None), getattr(exc, "source", None)
+        if setting is not None and setting.recipe and source in setting.flags \
+                and exc.message.startswith(f"{source}: "):
+            # given as a recipe key: name the key (the flag it became is in the hint)
+            exc.message = f"'{setting.recipe}'{exc.message[len(source):]}"
         exc.message = f"recipe {img.source}: {img.label}: {exc.message}"
         raise
     return cfg
+
+
+def check_all(argv: Sequence[str], environ: Mapping[str, str]) -> List[Tuple[Image, Any]]:
+    """Every image of the recipe(s) with its checked BuildConfig (nothing is built)."""
+    images, _ = plan(argv, environ)
+    return [(img, _check(img)) for img in images]
 
 
 def run(argv: Sequence[str], environ: Mapping[str, str]) -> Outcome:

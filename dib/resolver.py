@@ -228,7 +228,8 @@ def _not_found(names: List[str], wanted_by: List[str], catalogue: Catalogue) -> 
         if close:
             guesses.append(f"{name}: did you mean {', '.join(close)}?" if len(names) > 1
                            else f"did you mean {', '.join(close)}?")
-    hint = "; ".join(guesses + [searched])
+    hint = "; ".join(guesses + [searched + " (to use an element from elsewhere, add the "
+                                "directory that holds it to ELEMENTS_PATH, colon separated)"])
     if len(names) == 1:
         return ElementNotFound(f"element '{names[0]}' not found" + _wanted_by(wanted_by),
                                hint=hint)

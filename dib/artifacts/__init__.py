@@ -52,17 +52,10 @@ _STATE: Dict[int, Dict[str, Any]] = {}
 # -- configuration ----------------------------------------------------------------------------
 
 def check(cfg: BuildConfig) -> None:
-    """Parse every knob of the requested outputs (raises ConfigError on a bad one)."""
-    from dib.artifacts import container, libvirt, vagrant
-
+    """Check what the outputs need beyond their settings (which dib.config has parsed and
+    checked already); raises ConfigError."""
     if any(f in CONTAINER_FORMATS for f in cfg.formats):
-        if cfg.docker_target:
-            container.parse_reference(cfg.docker_target)
-        container.ContainerSettings.from_env(cfg.env)
-    if ImageFormat.VAGRANT in cfg.formats:
-        vagrant.VagrantSettings.from_env(cfg.env)
-    if any(f.is_qemu_disk for f in cfg.formats):
-        libvirt.DomainSettings.from_env(cfg.env, os.path.basename(cfg.image_name))
+        reference(cfg)
 
 
 def reference(cfg: BuildConfig):
@@ -74,21 +67,37 @@ def reference(cfg: BuildConfig):
 
 def cache_inputs(cfg: BuildConfig) -> Dict[str, Any]:
     """The settings that change the outputs of this module (for the finished-image key)."""
-    from dib.artifacts import container, vagrant
-
     inputs: Dict[str, Any] = {}
     if any(f in CONTAINER_FORMATS for f in cfg.formats):
         inputs["container"] = {"reference": str(reference(cfg)),
-                               **container.ContainerSettings.from_env(cfg.env).cache_inputs(),
-                               "epoch": cfg.env.get("SOURCE_DATE_EPOCH", "")}
+                               **_container(cfg).cache_inputs(),
+                               "epoch": "" if cfg.source_date_epoch is None
+                               else str(cfg.source_date_epoch)}
     if ImageFormat.VAGRANT in cfg.formats:
-        inputs["vagrant"] = vagrant.VagrantSettings.from_env(cfg.env).cache_inputs()
+        inputs["vagrant"] = _vagrant(cfg).cache_inputs()
     return inputs
 
 
 def _created(cfg: BuildConfig) -> int:
-    epoch = cfg.env.get("SOURCE_DATE_EPOCH", "").strip()
-    return int(epoch) if epoch.isdigit() else int(time.time())
+    return cfg.source_date_epoch if cfg.source_date_epoch is not None else int(time.time())
+
+
+def _container(cfg: BuildConfig):
+    from dib.artifacts import container
+
+    return cfg.container or container.ContainerSettings()
+
+
+def _vagrant(cfg: BuildConfig):
+    from dib.artifacts import vagrant
+
+    return cfg.vagrant or vagrant.VagrantSettings()
+
+
+def _domain(cfg: BuildConfig):
+    from dib.artifacts import libvirt
+
+    return cfg.domain or libvirt.DomainSettings(os.path.basename(cfg.image_name))
 
 
 def _iso(seconds: int) -> str:
@@ -124,7 +133,7 @@ def write_tree_artifacts(b: "BuildContext", tree: Path) -> None:
     cfg = b.cfg
     ref = reference(cfg)
     created = _created(cfg)
-    settings = container.ContainerSettings.from_env(cfg.env)
+    settings = _container(cfg)
     first = cfg.output_path(wanted[0])
     first.parent.mkdir(parents=True, exist_ok=True)
     layer_path = first.with_name(f".{first.name}.layer.partial")
@@ -195,7 +204,7 @@ def write_disk_artifacts(b: "BuildContext", raw: Path) -> None:
     from dib.artifacts import vagrant
 
     cfg = b.cfg
-    settings = vagrant.VagrantSettings.from_env(cfg.env)
+    settings = _vagrant(cfg)
     has_user = "vagrant" in b.res.order
     if not has_user:
         log.warning("-t vagrant without the vagrant element: the box has no '%s' user with "
@@ -212,8 +221,7 @@ def write_disk_artifacts(b: "BuildContext", raw: Path) -> None:
             if not reuse:
                 cmd.run(outputs.qemu_img_convert_argv(
                     raw, "qcow2", image, compress=cfg.compress, options=cfg.qemu_img_options,
-                    compression_type=cfg.env.get("DIB_QCOW2_COMPRESSION_TYPE")
-                    or outputs.DEFAULT_COMPRESSION_TYPE))
+                    compression_type=cfg.qcow2_compression_type))
             vagrant.write_box(tmp, image, vagrant.metadata(raw.stat().st_size),
                               vagrant.vagrantfile(settings, has_vagrant_user=has_user),
                               mtime=_created(cfg))
@@ -274,7 +282,7 @@ def write_libvirt_xml(b: "BuildContext") -> Optional[Path]:
     fmt = libvirt_disk(cfg)
     if fmt is None:
         return None
-    settings = libvirt.DomainSettings.from_env(cfg.env, os.path.basename(cfg.image_name))
+    settings = _domain(cfg)
     if not settings.enabled:
         return None
     image = cfg.output_path(fmt)

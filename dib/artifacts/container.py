@@ -20,7 +20,6 @@ import io
 import json
 import os
 import re
-import shlex
 import shutil
 import tarfile
 import tempfile
@@ -131,24 +130,13 @@ class ContainerSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "ContainerSettings":
-        def words(name: str) -> Tuple[str, ...]:
-            try:
-                return tuple(shlex.split(env.get(name, "")))
-            except ValueError as exc:
-                raise ConfigError(f"{name}: {exc}") from None
+        """The DIB_CONTAINER_* variables, parsed by dib.config's settings table (the engine
+        itself uses ``BuildConfig.container``, parsed once)."""
+        from dib.config import group_values
 
-        for item in words("DIB_CONTAINER_ENV"):
-            if "=" not in item or item.startswith("="):
-                raise ConfigError(f"DIB_CONTAINER_ENV: '{item}' is not NAME=VALUE")
-        labels = {}
-        for item in words("DIB_CONTAINER_LABELS"):
-            k, sep, v = item.partition("=")
-            if not sep or not k:
-                raise ConfigError(f"DIB_CONTAINER_LABELS: '{item}' is not key=value")
-            labels[k] = v
-        return cls(words("DIB_CONTAINER_CMD"), words("DIB_CONTAINER_ENTRYPOINT"),
-                   words("DIB_CONTAINER_ENV"), env.get("DIB_CONTAINER_WORKDIR", ""),
-                   env.get("DIB_CONTAINER_USER", ""), labels)
+        v = group_values(env, "container")
+        return cls(v["cmd"] or (), v["entrypoint"] or (), v["env"] or (), v["workdir"] or "",
+                   v["user"] or "", dict(v["labels"] or ()))
 
     def cache_inputs(self) -> dict:
         return {"cmd": list(self.cmd), "entrypoint": list(self.entrypoint),

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Dict, Mapping, Optional
 from xml.sax.saxutils import escape
 
-from dib.config import positive_int
 from dib.errors import ConfigError
 
 #: qemu-img format -> libvirt's <driver type=...>
@@ -91,30 +90,14 @@ class DomainSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str], default_name: str) -> "DomainSettings":
-        name = env.get("DIB_LIBVIRT_NAME", "").strip() or default_name
-        if not name or "/" in name:
-            raise ConfigError(f"DIB_LIBVIRT_NAME: '{name}' is not a valid domain name")
-        dtype = env.get("DIB_LIBVIRT_DOMAIN_TYPE", "").strip() or "kvm"
-        if dtype not in ("kvm", "qemu"):
-            raise ConfigError(f"DIB_LIBVIRT_DOMAIN_TYPE must be kvm or qemu, not '{dtype}'")
-        firmware = (env.get("DIB_LIBVIRT_FIRMWARE", "").strip() or "auto").lower()
-        firmware = {"efi": "uefi"}.get(firmware, firmware)
-        if firmware not in ("auto", "bios", "uefi"):
-            raise ConfigError(f"DIB_LIBVIRT_FIRMWARE must be auto, bios or uefi, "
-                              f"not '{firmware}'")
-        network = env.get("DIB_LIBVIRT_NETWORK", "").strip() or "default"
-        if network.startswith("bridge:") and len(network) == len("bridge:"):
-            raise ConfigError("DIB_LIBVIRT_NETWORK: bridge: needs a bridge name (bridge:br0)")
-        serial = env.get("DIB_LIBVIRT_SERIAL", "").strip() or "pty"
-        if serial != "pty" and not (serial.startswith("file:") and len(serial) > 5):
-            raise ConfigError(f"DIB_LIBVIRT_SERIAL must be pty or file:PATH, not '{serial}'")
-        tpl = env.get("DIB_LIBVIRT_TEMPLATE", "").strip()
-        if tpl and not Path(tpl).is_file():
-            raise ConfigError(f"DIB_LIBVIRT_TEMPLATE: {tpl} is not a file")
-        enabled = env.get("DIB_LIBVIRT_XML", "1").strip().lower() not in ("0", "no", "false")
-        return cls(name, positive_int(env, "DIB_LIBVIRT_MEMORY", 1024), positive_int(env, "DIB_LIBVIRT_VCPUS", 2),
-                   dtype, firmware, env.get("DIB_LIBVIRT_MACHINE", "").strip(), network,
-                   serial, Path(tpl) if tpl else None, enabled)
+        """The DIB_LIBVIRT_* variables, parsed by dib.config's settings table (the engine
+        itself uses ``BuildConfig.domain``, parsed once)."""
+        from dib.config import group_values
+
+        v = group_values(env, "libvirt")
+        return cls(v["name"] or default_name, v["memory"], v["vcpus"], v["domain_type"],
+                   v["firmware"], v["machine"] or "", v["network"], v["serial"],
+                   v["template"], bool(v["xml"]))
 
     def uefi(self, has_esp: bool) -> bool:
         return self.firmware == "uefi" or (self.firmware == "auto" and has_esp)

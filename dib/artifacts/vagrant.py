@@ -18,14 +18,11 @@ from __future__ import annotations
 import io
 import json
 import math
-import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Optional
 
-from dib.config import positive_int
-from dib.errors import ConfigError
 
 GIB = 1 << 30
 BOX_MEMBERS = ("metadata.json", "Vagrantfile", "box.img")
@@ -41,17 +38,12 @@ class VagrantSettings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> "VagrantSettings":
-        user = env.get("DIB_VAGRANT_USER", "").strip() or "vagrant"
-        if not re.fullmatch(r"[a-z_][a-z0-9_-]{0,31}", user):
-            raise ConfigError(f"DIB_VAGRANT_USER: '{user}' is not a valid user name")
-        driver = env.get("DIB_VAGRANT_LIBVIRT_DRIVER", "").strip() or "kvm"
-        if driver not in ("kvm", "qemu"):
-            raise ConfigError(f"DIB_VAGRANT_LIBVIRT_DRIVER must be kvm or qemu, not '{driver}'")
-        vf = env.get("DIB_VAGRANT_VAGRANTFILE", "").strip()
-        if vf and not Path(vf).is_file():
-            raise ConfigError(f"DIB_VAGRANT_VAGRANTFILE: {vf} is not a file")
-        return cls(user, driver, positive_int(env, "DIB_VAGRANT_MEMORY", 1024),
-                   positive_int(env, "DIB_VAGRANT_CPUS", 2), Path(vf) if vf else None)
+        """The DIB_VAGRANT_* variables, parsed by dib.config's settings table (the engine
+        itself uses ``BuildConfig.vagrant``, parsed once)."""
+        from dib.config import group_values
+
+        v = group_values(env, "vagrant")
+        return cls(v["user"], v["libvirt_driver"], v["memory"], v["cpus"], v["vagrantfile"])
 
     def cache_inputs(self) -> dict:
         return {"user": self.user, "driver": self.driver, "memory": self.memory_mib,

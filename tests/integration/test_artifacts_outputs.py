@@ -203,7 +203,7 @@ def test_libvirt_knobs_and_uefi(dib):
 def test_a_bad_knob_fails_before_the_build(dib):
     result = dib.run(types="qcow2", env={"DIB_LIBVIRT_VCPUS": "many"})
     assert result.returncode == 1
-    assert "error: DIB_LIBVIRT_VCPUS must be a positive whole number, not 'many'" in result.stderr
+    assert "error: DIB_LIBVIRT_VCPUS: must be a positive whole number, not 'many'" in result.stderr
     assert dib.workdirs() == [] and not (dib.out / "img.d" / "build.log").exists()
 
 
@@ -272,5 +272,5 @@ def test_recipe_error_in_the_second_image_stops_before_any_build(dib):
     ])
     result = dib.cli("--recipe", os.fspath(path))
     assert result.returncode == 1
-    assert f"image 2 ('{dib.out / 'two'}'): unknown output type 'qcow3'" in result.stderr
+    assert f"image 2 ('{dib.out / 'two'}'): 'types': unknown output type 'qcow3'" in result.stderr
     assert not (dib.out / "one.tar").exists() and not (dib.out / "one.d").exists()

@@ -210,3 +210,18 @@ def test_existing_output_is_kept_aside_unless_overwrite(dib):
     check = subprocess.run(["sha256sum", "-c", "ow.tar.sha256"], cwd=dib.out,
                            capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
+
+
+# -- ext4 options of the root filesystem ------------------------------------------------------
+
+def test_journal_size_and_online_resize_limit_reach_mkfs(dib):
+    """--mkfs-journal-size and --max-online-resize become mkfs.ext4 -J size= / -E resize=
+    (fake-os has no block-device element: the raw disk is the filesystem itself)."""
+    result = dib.run(types="raw", args=["--mkfs-journal-size", "8",
+                                        "--max-online-resize", "4194304"])
+    assert result.returncode == 0, result.stderr
+    log = (dib.out / "img.d" / "build.log").read_text()
+    assert re.search(r"mkfs\.ext4 .*-E resize=4194304 -J size=8", log), log[-2000:]
+    header = subprocess.run(["dumpe2fs", "-h", dib.image(fmt="raw")], capture_output=True,
+                            text=True, check=True).stdout
+    assert re.search(r"^(Total )?[Jj]ournal size:\s+8M$", header, re.M), header

@@ -60,13 +60,15 @@ def test_docker_target_from_flag_or_env():
     assert cfg("-t", "docker", "x", DOCKER_TARGET="c:2").docker_target == "c:2"
 
 
-def test_check_validates_only_the_requested_outputs():
-    artifacts.check(cfg("-t", "tar", "--docker-target", "BAD", "x"))  # not used: fine
+def test_every_output_knob_is_checked_when_the_config_is_built():
+    # checked whatever the outputs: a typo fails at once even when that output is not made
     with pytest.raises(ConfigError, match="--docker-target"):
-        artifacts.check(cfg("-t", "oci", "--docker-target", "BAD", "x"))
+        cfg("-t", "tar", "--docker-target", "BAD", "x")
     with pytest.raises(ConfigError, match="DIB_LIBVIRT_VCPUS"):
-        artifacts.check(cfg("-t", "raw", "x", DIB_LIBVIRT_VCPUS="x"))
-    artifacts.check(cfg("-t", "tar", "x", DIB_LIBVIRT_VCPUS="x"))  # no disk: no XML
+        cfg("-t", "tar", "x", DIB_LIBVIRT_VCPUS="x")
+    c = cfg("-t", "raw", "x", DIB_LIBVIRT_VCPUS="3", DIB_VAGRANT_CPUS="4")
+    assert (c.domain.vcpus, c.vagrant.cpus) == (3, 4)
+    artifacts.check(c)
 
 
 def test_cache_inputs_follow_the_outputs_settings():

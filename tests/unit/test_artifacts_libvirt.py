@@ -102,9 +102,9 @@ def test_values_are_escaped():
 
 
 @pytest.mark.parametrize("env,match", [
-    ({"DIB_LIBVIRT_MEMORY": "1G"}, "DIB_LIBVIRT_MEMORY must be a positive"),
+    ({"DIB_LIBVIRT_MEMORY": "1G"}, "DIB_LIBVIRT_MEMORY: must be a positive"),
     ({"DIB_LIBVIRT_VCPUS": "-1"}, "DIB_LIBVIRT_VCPUS"),
-    ({"DIB_LIBVIRT_DOMAIN_TYPE": "xen"}, "kvm or qemu"),
+    ({"DIB_LIBVIRT_DOMAIN_TYPE": "xen"}, "kvm, qemu"),
     ({"DIB_LIBVIRT_FIRMWARE": "coreboot"}, "auto, bios or uefi"),
     ({"DIB_LIBVIRT_SERIAL": "tcp:1"}, "pty or file:PATH"),
     ({"DIB_LIBVIRT_NETWORK": "bridge:"}, "bridge name"),

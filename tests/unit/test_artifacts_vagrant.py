@@ -33,8 +33,8 @@ def test_settings_defaults_and_knobs(tmp_path):
 
 @pytest.mark.parametrize("env,match", [
     ({"DIB_VAGRANT_USER": "Bad User"}, "DIB_VAGRANT_USER"),
-    ({"DIB_VAGRANT_LIBVIRT_DRIVER": "xen"}, "kvm or qemu"),
-    ({"DIB_VAGRANT_MEMORY": "1G"}, "DIB_VAGRANT_MEMORY must be a positive"),
+    ({"DIB_VAGRANT_LIBVIRT_DRIVER": "xen"}, "kvm, qemu"),
+    ({"DIB_VAGRANT_MEMORY": "1G"}, "DIB_VAGRANT_MEMORY: must be a positive"),
     ({"DIB_VAGRANT_CPUS": "0"}, "DIB_VAGRANT_CPUS"),
     ({"DIB_VAGRANT_VAGRANTFILE": "/nonexistent/Vagrantfile"}, "is not a file"),
 ])

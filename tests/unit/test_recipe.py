@@ -68,7 +68,7 @@ def test_missing_file(tmp_path):
     ({"imagename": "web", "elements": ["vm"], "debug-trace": 3},
      "image 1 ('web'): 'debug-trace' must be 0, 1 or 2, not 3"),
     ({"imagename": "web", "elements": ["vm"], "arch": "sparc"},
-     "image 1 ('web'): 'arch' must be one of aarch64"),
+     "image 1 ('web'): 'arch' must be one of amd64, arm64"),
     ({"imagename": "web", "elements": ["vm"], "environment": {"DIB_X": True}},
      "image 1 ('web'): 'environment' DIB_X: the value must be a string, not True"),
     ({"imagename": "web", "elements": ["vm"], "environment": ["DIB_X=1"]},
@@ -201,14 +201,14 @@ def test_check_passes_and_makes_one_config_per_image(tmp_path):
 
 
 @pytest.mark.parametrize("extra,match", [
-    ({"types": ["qcow3"]}, "image 2 \\('b'\\): unknown output type 'qcow3'"),
+    ({"types": ["qcow3"]}, "image 2 \\('b'\\): 'types': unknown output type 'qcow3'"),
     ({"elements": ["no-such-element"]}, "image 2 \\('b'\\): .*no-such-element"),
     ({"types": ["docker"], "docker-target": "Bad:Name"},
-     "image 2 \\('b'\\): --docker-target: 'Bad:Name' is not a valid image name"),
+     "image 2 \\('b'\\): 'docker-target': 'Bad:Name' is not a valid image name"),
     ({"types": ["qcow2"], "environment": {"DIB_LIBVIRT_MEMORY": "lots"}},
-     "image 2 \\('b'\\): DIB_LIBVIRT_MEMORY must be a positive whole number"),
+     "image 2 \\('b'\\): DIB_LIBVIRT_MEMORY: must be a positive whole number"),
     ({"types": ["vagrant"], "environment": {"DIB_VAGRANT_LIBVIRT_DRIVER": "xen"}},
-     "image 2 \\('b'\\): DIB_VAGRANT_LIBVIRT_DRIVER must be kvm or qemu"),
+     "image 2 \\('b'\\): DIB_VAGRANT_LIBVIRT_DRIVER: must be one of kvm, qemu"),
 ])
 def test_check_errors_name_the_image(tmp_path, extra, match):
     entry = {"imagename": "b", "elements": ["fake-os"], "skip-base": True, **extra}
