@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional
 
 from dib import __version__, chroot, cmd, disk, element, hooks, interrupt, layers
 from dib import log as dlog
@@ -31,6 +31,9 @@ from dib.errors import ConfigError, DibError
 from dib.layers import LayerStore
 from dib.tree import LayeredTree
 from dib.workdir import workdir
+
+if TYPE_CHECKING:
+    from dib.boottest import BootResult
 
 log = logging.getLogger("dib.build")
 
@@ -132,6 +135,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     artifacts.check(cfg)
     _check_host(cfg)
     disk_config = disk.block_device_config_text(cfg, res) if cfg.needs_block_device else None
+    boot_settings = boot_test_settings(cfg.env) if cfg.boot_test else None
 
     cfg.report_dir.mkdir(parents=True, exist_ok=True)
     logfile = cfg.logfile or cfg.report_dir / "build.log"
@@ -180,8 +184,9 @@ def build_image(cfg: BuildConfig) -> BuildResult:
         log.info("build completed successfully (%d of %d steps from the cache)", hits,
                  len(b.steps))
         artifacts.write_sidecars(b, time.time() - started)
-        if cfg.boot_test:
-            _boot_test(cfg, uefi=b.has_esp, timings=timings)
+        if boot_settings is not None:
+            _boot_test(cfg, boot_settings, uefi=b.has_esp, timings=timings,
+                       report_path=report_path)
     return BuildResult(b.outputs, report_path, logfile)
 
 
@@ -234,20 +239,74 @@ def _prune_cache(cfg: BuildConfig, *, check_room: bool = False) -> None:
                         "space", free / (1 << 30), cfg.tmp_dir)
 
 
-def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
+@dataclass(frozen=True)
+class BootTestSettings:
+    """The DIB_BOOT_TEST_* variables, parsed and checked before the build starts."""
+    expect: List[str]
+    #: DIB_BOOT_TEST_FIRMWARE=bios: boot an EFI-layout disk under BIOS
+    force_bios: bool
+    timeout: float
+    #: "kvm", "tcg" or None (probe, and fall back to TCG when KVM stalls)
+    accel: Optional[str]
+    stall_seconds: float
+
+
+def _positive_seconds(env: Mapping[str, str], name: str, default: float) -> float:
+    value = env.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number of seconds, not '{value}'") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds, not '{value}'")
+    return seconds
+
+
+def boot_test_settings(env: Mapping[str, str]) -> BootTestSettings:
+    """DIB_BOOT_TEST_EXPECT / _FIRMWARE / _TIMEOUT / _ACCEL / _STALL, validated."""
+    from dib import boottest
+
+    accel = env.get("DIB_BOOT_TEST_ACCEL", "").strip().lower() or None
+    if accel is not None and accel not in boottest.ACCELS:
+        raise ConfigError(f"DIB_BOOT_TEST_ACCEL must be kvm or tcg, not '{accel}'",
+                          hint="unset it to use KVM when it works and TCG otherwise")
+    firmware = env.get("DIB_BOOT_TEST_FIRMWARE", "").strip().lower()
+    if firmware not in ("", "bios"):
+        raise ConfigError(f"DIB_BOOT_TEST_FIRMWARE can only be bios, not '{firmware}'",
+                          hint="unset it to boot under UEFI when the disk has an ESP")
+    return BootTestSettings(
+        expect=[env["DIB_BOOT_TEST_EXPECT"]] if env.get("DIB_BOOT_TEST_EXPECT")
+        else list(boottest.DEFAULT_EXPECT),
+        force_bios=firmware == "bios",
+        timeout=_positive_seconds(env, "DIB_BOOT_TEST_TIMEOUT", 300),
+        accel=accel,
+        stall_seconds=_positive_seconds(env, "DIB_BOOT_TEST_STALL",
+                                        boottest.DEFAULT_STALL_SECONDS))
+
+
+def _boot_test(cfg: BuildConfig, settings: BootTestSettings, *, uefi: bool,
+               timings: dlog.Timings, report_path: Path) -> None:
     """Boot the first disk output (under UEFI when the disk has an ESP, unless
-    DIB_BOOT_TEST_FIRMWARE=bios); raise DibError unless the console shows the pattern(s)."""
+    DIB_BOOT_TEST_FIRMWARE=bios); record the result in the report; raise DibError unless the
+    console shows the pattern(s)."""
     from dib import boottest
 
     fmt = next(f for f in cfg.formats if f.is_qemu_disk)
     image = cfg.output_path(fmt)
-    expect = [cfg.env["DIB_BOOT_TEST_EXPECT"]] if cfg.env.get("DIB_BOOT_TEST_EXPECT") \
-        else list(boottest.DEFAULT_EXPECT)
-    uefi = uefi and cfg.env.get("DIB_BOOT_TEST_FIRMWARE") != "bios"
+    uefi = uefi and not settings.force_bios
+    firmware = "UEFI" if uefi else "BIOS"
     workdir = cfg.report_dir / "boot-test"
     with timings.measure("phase", "(boot test)"):
-        result = boottest.boot(image, workdir, image_format=fmt.value, uefi=uefi, expect=expect,
-                               timeout=float(cfg.env.get("DIB_BOOT_TEST_TIMEOUT", "300")))
+        result = boottest.boot(image, workdir, image_format=fmt.value, uefi=uefi,
+                               expect=settings.expect, timeout=settings.timeout,
+                               accel=settings.accel, accel_source="DIB_BOOT_TEST_ACCEL",
+                               stall_seconds=settings.stall_seconds)
+    _record_boot_test(report_path, result, firmware)
+    how = f"{firmware}, {result.accel}: {result.accel_reason}"
+    if result.kvm_stall:
+        how += f" ({result.kvm_stall} under KVM)"
     if not result.passed:
         tail = "\n".join(result.serial_text().replace("\r", "").splitlines()[-15:])
         if not tail.strip():
@@ -255,12 +314,29 @@ def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
                     "the disk did not boot -- no boot code or EFI loader on it, or GRUB stopped "
                     "at its rescue prompt, which only the screen shows; is a bootloader "
                     "installed, e.g. by the vm element?)")
-        raise DibError(f"boot test failed: {result.failure} ({'UEFI' if uefi else 'BIOS'}, "
-                       f"{result.accel}, {result.seconds:.0f} s)\nlast console lines:\n{tail}",
+        raise DibError(f"boot test failed: {result.failure} ({how}; {result.seconds:.0f} s)\n"
+                       f"last console lines:\n{tail}",
                        hint=f"the image is {image}; the whole console log is "
                             f"{result.serial_log}")
-    log.info("boot test passed: %s after %.0f s (%s, %s)", ", ".join(result.seen),
-             result.seconds, "UEFI" if uefi else "BIOS", result.accel)
+    log.info("boot test passed: %s after %.0f s (%s)", ", ".join(result.seen),
+             result.seconds, how)
+
+
+def _record_boot_test(report_path: Path, result: "BootResult", firmware: str) -> None:
+    """Add the boot test's outcome to the build report (written before the boot test)."""
+    report = json.loads(report_path.read_text())
+    report["boot_test"] = {
+        "passed": result.passed,
+        "failure": result.failure,
+        "seconds": result.seconds,
+        "firmware": firmware,
+        "accel": result.accel,
+        "accel_reason": result.accel_reason,
+        "kvm_stall": result.kvm_stall,
+        "seen": result.seen,
+        "serial_log": os.fspath(result.serial_log),
+    }
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _write_report(path: Path, cfg: BuildConfig, res: resolver.Resolution,

@@ -1,0 +1,203 @@
+"""The boot test's accelerator choice, with stand-ins for qemu-system-x86_64 and qemu-img.
+
+The stand-in QEMU understands ``-accel`` and ``-serial file:PATH``. Under KVM it prints what
+GRUB prints and then, depending on the scenario, stalls (a half-working KVM: the kernel hangs
+after "Loading initial ramdisk") or keeps printing slowly before a login prompt; under TCG it
+prints kernel lines and a login prompt. It records each run's accelerator and pid, so the
+tests can check which accelerators were tried and that no QEMU outlives boot().
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from dib import boottest, cmd
+from dib.build import boot_test_settings
+from dib.errors import ConfigError
+
+FAKE_QEMU = r"""#!{python}
+import os, sys, time
+SCENARIO = {scenario!r}
+args = sys.argv[1:]
+accel = args[args.index("-accel") + 1]
+serial = args[args.index("-serial") + 1]
+with open({calls!r}, "a") as f:
+    f.write(f"{{accel}} {{serial != 'none'}} {{os.getpid()}}\n")
+if serial == "none":          # the KVM probe: stay up
+    time.sleep(3600)
+out = open(serial.removeprefix("file:"), "w", buffering=1)
+def say(line, pause=0.0):
+    out.write(line + "\r\n")
+    time.sleep(pause)
+if accel == "kvm":
+    for line in ("Booting `Debian GNU/Linux'", "", "Loading Linux 6.1.0-18-amd64 ...",
+                 "Loading initial ramdisk ..."):
+        say(line, 0.1)
+    if SCENARIO == "kvm-slow":
+        for i in range(8):     # slower than nothing, steadier than the stall window
+            say(f"[  {{i}}.000000] still booting", 1.0)
+        say("debian login: ")
+    time.sleep(3600)           # kvm-stall: the kernel hangs without a word
+else:
+    for line in ("[    0.000000] Linux version 6.1.0-18-amd64", "[    1.000000] Run /init",
+                 "Debian GNU/Linux 12 debian ttyS0", ""):
+        say(line, 0.1)
+    say("debian login: ")
+    time.sleep(3600)
+"""
+
+FAKE_QEMU_IMG = r"""#!{python}
+import sys
+open(sys.argv[-1], "w").close()   # qemu-img create ... OVERLAY
+"""
+
+
+class Fake:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.calls_file = root / "calls"
+        self.kvm = root / "kvm"          # a stand-in /dev/kvm we may read and write
+        self.kvm.write_text("")
+        self.image = root / "disk.qcow2"
+        self.image.write_text("")
+
+    def calls(self) -> List[str]:
+        """The accelerator of each real boot (the probe excluded)."""
+        if not self.calls_file.exists():
+            return []
+        return [line.split()[0] for line in self.calls_file.read_text().splitlines()
+                if line.split()[1] == "True"]
+
+    def probes(self) -> int:
+        if not self.calls_file.exists():
+            return 0
+        return sum(1 for line in self.calls_file.read_text().splitlines()
+                   if line.split()[1] == "False")
+
+    def alive(self) -> List[int]:
+        pids = [int(line.split()[2]) for line in self.calls_file.read_text().splitlines()]
+        living = []
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            living.append(pid)
+        return living
+
+
+@pytest.fixture
+def fake_qemu(tmp_path, monkeypatch):
+    def install(scenario: str) -> Fake:
+        fake = Fake(tmp_path)
+        bindir = tmp_path / "bin"
+        bindir.mkdir()
+        for name, text in (("qemu-system-x86_64", FAKE_QEMU), ("qemu-img", FAKE_QEMU_IMG)):
+            script = bindir / name
+            script.write_text(text.format(python=sys.executable, scenario=scenario,
+                                          calls=os.fspath(fake.calls_file)))
+            script.chmod(0o755)
+        # first on the PATH the command gateway gives its children
+        monkeypatch.setattr(cmd, "SAFE_PATH", f"{bindir}:{cmd.SAFE_PATH}")
+        monkeypatch.setattr(boottest, "PROBE_SECONDS", 0.3)
+        return fake
+    return install
+
+
+def _boot(fake: Fake, **kwargs) -> boottest.BootResult:
+    kwargs.setdefault("kvm_device", os.fspath(fake.kvm))
+    return boottest.boot(fake.image, fake.root / "boot", timeout=60, stall_seconds=3,
+                         **kwargs)
+
+
+def test_kvm_stall_after_grub_boots_again_under_tcg(fake_qemu, caplog):
+    fake = fake_qemu("kvm-stall")
+    with caplog.at_level(logging.INFO, logger="dib.boottest"):
+        result = _boot(fake)
+    assert result.passed, result.failure
+    assert result.accel == "tcg"
+    assert fake.calls() == ["kvm", "tcg"]
+    assert result.accel_reason == "KVM stalled after the bootloader"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "no console output for" in warnings[0]
+    assert "after the bootloader handed over; booting again under TCG" in warnings[0]
+    # the KVM console is kept beside the TCG one, which holds only the TCG boot
+    assert "Loading initial ramdisk" in result.kvm_serial_log.read_text()
+    assert "Loading initial ramdisk" not in result.serial_text()
+    assert "login: " in result.serial_text()
+    assert fake.alive() == []
+
+
+def test_kvm_printing_slowly_but_steadily_is_not_a_stall(fake_qemu, caplog):
+    fake = fake_qemu("kvm-slow")
+    with caplog.at_level(logging.INFO, logger="dib.boottest"):
+        result = _boot(fake)
+    assert result.passed, result.failure
+    assert (result.accel, result.accel_reason) == ("kvm", "KVM probe passed")
+    assert result.kvm_stall is None
+    assert fake.calls() == ["kvm"]
+    # the console was busy for longer than the stall window
+    assert result.seen["login: "] > 3
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert fake.alive() == []
+
+
+def test_forced_tcg_never_tries_kvm(fake_qemu):
+    fake = fake_qemu("kvm-stall")
+    result = _boot(fake, accel="tcg", accel_source="DIB_BOOT_TEST_ACCEL")
+    assert result.passed, result.failure
+    assert (result.accel, result.accel_reason) == ("tcg", "DIB_BOOT_TEST_ACCEL=tcg")
+    assert fake.calls() == ["tcg"]
+    assert fake.probes() == 0
+
+
+def test_forced_kvm_is_not_second_guessed(fake_qemu):
+    """Forcing KVM means the caller wants to see KVM's own outcome: no fallback."""
+    fake = fake_qemu("kvm-stall")
+    result = boottest.boot(fake.image, fake.root / "boot", timeout=5, stall_seconds=1,
+                           accel="kvm", kvm_device=os.fspath(fake.kvm))
+    assert not result.passed
+    assert result.failure == "timed out after 5 s"
+    assert fake.calls() == ["kvm"]
+    assert fake.alive() == []
+
+
+def test_unusable_kvm_device_means_tcg_without_a_probe(fake_qemu):
+    fake = fake_qemu("kvm-stall")
+    missing = fake.root / "no-kvm"
+    result = _boot(fake, kvm_device=os.fspath(missing))
+    assert result.passed, result.failure
+    assert (result.accel, result.accel_reason) == ("tcg", f"{missing} not usable")
+    assert fake.calls() == ["tcg"]
+    assert fake.probes() == 0
+
+
+# -- DIB_BOOT_TEST_* as the build reads them ---------------------------------------------------
+
+def test_boot_test_settings_defaults_and_values():
+    s = boot_test_settings({})
+    assert (s.accel, s.stall_seconds, s.timeout, s.force_bios) == \
+        (None, boottest.DEFAULT_STALL_SECONDS, 300, False)
+    s = boot_test_settings({"DIB_BOOT_TEST_ACCEL": "TCG", "DIB_BOOT_TEST_STALL": "20",
+                            "DIB_BOOT_TEST_TIMEOUT": "900", "DIB_BOOT_TEST_FIRMWARE": "bios",
+                            "DIB_BOOT_TEST_EXPECT": "ready"})
+    assert (s.accel, s.stall_seconds, s.timeout, s.force_bios, s.expect) == \
+        ("tcg", 20, 900, True, ["ready"])
+
+
+@pytest.mark.parametrize("name,value", [
+    ("DIB_BOOT_TEST_STALL", "0"), ("DIB_BOOT_TEST_STALL", "-5"),
+    ("DIB_BOOT_TEST_STALL", "soon"), ("DIB_BOOT_TEST_STALL", "nan"),
+    ("DIB_BOOT_TEST_TIMEOUT", "5m"), ("DIB_BOOT_TEST_ACCEL", "hvf"),
+    ("DIB_BOOT_TEST_FIRMWARE", "uefi"),
+])
+def test_bad_boot_test_variables_are_named(name, value):
+    with pytest.raises(ConfigError) as exc:
+        boot_test_settings({name: value})
+    assert name in str(exc.value) and value in str(exc.value)
