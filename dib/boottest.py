@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,19 +68,30 @@ class BootResult:
         return self.serial_log.read_text(errors="replace")
 
 
-def kvm_usable(device: str = KVM_DEVICE) -> Tuple[bool, str]:
+def _exit_status(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"status {returncode}"
+
+
+def kvm_usable(device: str = KVM_DEVICE, output: Optional[Path] = None) -> Tuple[bool, str]:
     """Is KVM present *and* does QEMU stay up under it (on some hosts QEMU aborts setting
-    MSRs)? Returns the answer and the reason, for the log. A guest kernel may still hang on a
-    half-working KVM; :func:`boot` watches for that."""
+    MSRs)? Returns the answer and the reason, for the log; QEMU's output goes to ``output``.
+    A guest kernel may still hang on a half-working KVM; :func:`boot` watches for that."""
     if not os.access(device, os.R_OK | os.W_OK):
         return False, f"{device} not usable"
     argv = ["qemu-system-x86_64", "-accel", "kvm", "-cpu", "host", "-m", "64", "-display",
             "none", "-monitor", "none", "-serial", "none", "-nodefaults", "-no-reboot"]
-    with cmd.background(argv) as proc:
+    with cmd.background(argv, stdout_path=output) as proc:
         time.sleep(PROBE_SECONDS)
-        if proc.poll() is not None:
-            return False, f"QEMU exited under KVM (status {proc.returncode}) in the probe"
-    return True, "KVM probe passed"
+        if proc.poll() is None:
+            return True, "KVM probe passed"
+    said = output.read_text(errors="replace").strip().splitlines() if output else []
+    return False, (f"QEMU did not stay up under KVM ({_exit_status(proc.returncode)})"
+                   + (f": {said[0]}" if said else ""))
 
 
 def kvm_works(device: str = KVM_DEVICE) -> bool:
@@ -136,11 +148,11 @@ def _watch(argv: Sequence[str], serial: Path, qemu_out: Path, expect: Sequence[s
             if bad:
                 return _Attempt(seen, f"the console shows {bad!r}")
             if proc.poll() is not None:
-                failure = f"QEMU exited (status {proc.returncode}) before the boot finished"
+                status = _exit_status(proc.returncode)
+                failure = f"QEMU exited ({status}) before the boot finished"
                 if stall_seconds is not None and proc.returncode != 0 and not text:
-                    return _Attempt(seen, failure, f"QEMU exited under KVM (status "
-                                    f"{proc.returncode}) before the console showed anything",
-                                    "QEMU exited under KVM")
+                    return _Attempt(seen, failure, f"QEMU exited ({status}) before the "
+                                    "console showed anything", "QEMU exited under KVM")
                 return _Attempt(seen, failure)
             if stall_seconds is not None and size and now - changed >= stall_seconds:
                 handed_over = any(re.search(p, text) for p in HANDOVER)
@@ -178,7 +190,7 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
         reason = f"{accel_source}={accel}"
         watch_stall = False
     else:
-        usable, reason = kvm_usable(kvm_device)
+        usable, reason = kvm_usable(kvm_device, workdir / "kvm-probe.out")
         accel = "kvm" if usable else "tcg"
         watch_stall = usable
     firmware = _firmware(uefi, workdir)

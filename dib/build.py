@@ -303,10 +303,10 @@ def _boot_test(cfg: BuildConfig, settings: BootTestSettings, *, uefi: bool,
                                expect=settings.expect, timeout=settings.timeout,
                                accel=settings.accel, accel_source="DIB_BOOT_TEST_ACCEL",
                                stall_seconds=settings.stall_seconds)
-    _record_boot_test(report_path, result, firmware)
+    record_boot_test(report_path, result, firmware)
     how = f"{firmware}, {result.accel}: {result.accel_reason}"
     if result.kvm_stall:
-        how += f" ({result.kvm_stall} under KVM)"
+        how += f" -- {result.kvm_stall}"
     if not result.passed:
         tail = "\n".join(result.serial_text().replace("\r", "").splitlines()[-15:])
         if not tail.strip():
@@ -322,7 +322,7 @@ def _boot_test(cfg: BuildConfig, settings: BootTestSettings, *, uefi: bool,
              result.seconds, how)
 
 
-def _record_boot_test(report_path: Path, result: "BootResult", firmware: str) -> None:
+def record_boot_test(report_path: Path, result: "BootResult", firmware: str) -> None:
     """Add the boot test's outcome to the build report (written before the boot test)."""
     report = json.loads(report_path.read_text())
     report["boot_test"] = {
@@ -335,6 +335,7 @@ def _record_boot_test(report_path: Path, result: "BootResult", firmware: str) ->
         "kvm_stall": result.kvm_stall,
         "seen": result.seen,
         "serial_log": os.fspath(result.serial_log),
+        "kvm_serial_log": os.fspath(result.kvm_serial_log) if result.kvm_serial_log else None,
     }
     report_path.write_text(json.dumps(report, indent=2) + "\n")
 

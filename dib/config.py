@@ -176,9 +176,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--keep-workdir", action="store_true",
                    help="leave the work directory (unmounted) for inspection")
     p.add_argument("--boot-test", action="store_true",
-                   help="boot the image under QEMU afterwards (KVM if it works, else TCG) and "
-                        "fail unless the serial console shows a login prompt (or "
-                        "DIB_BOOT_TEST_EXPECT, a regex)")
+                   help="boot the image under QEMU afterwards and fail unless the serial "
+                        "console shows a login prompt (or DIB_BOOT_TEST_EXPECT, a regex); KVM "
+                        "if it works, else TCG, and TCG again when the console stalls under "
+                        "KVM (DIB_BOOT_TEST_ACCEL=kvm|tcg forces one)")
     p.add_argument("--cleanup", action="store_true",
                    help="remove what killed builds left behind (mounts, loop devices, work "
                         "dirs) and exit")

@@ -8,6 +8,7 @@ tests can check which accelerators were tried and that no QEMU outlives boot().
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -17,7 +18,7 @@ from typing import List
 import pytest
 
 from dib import boottest, cmd
-from dib.build import boot_test_settings
+from dib.build import boot_test_settings, record_boot_test
 from dib.errors import ConfigError
 
 FAKE_QEMU = r"""#!{python}
@@ -28,8 +29,13 @@ accel = args[args.index("-accel") + 1]
 serial = args[args.index("-serial") + 1]
 with open({calls!r}, "a") as f:
     f.write(f"{{accel}} {{serial != 'none'}} {{os.getpid()}}\n")
-if serial == "none":          # the KVM probe: stay up
+if serial == "none":          # the KVM probe: stay up, or abort as on some hosts
+    if SCENARIO == "probe-abort":
+        print("qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69", flush=True)
+        os.abort()
     time.sleep(3600)
+if accel == "kvm" and SCENARIO == "kvm-exit":
+    sys.exit(1)
 out = open(serial.removeprefix("file:"), "w", buffering=1)
 def say(line, pause=0.0):
     out.write(line + "\r\n")
@@ -178,6 +184,27 @@ def test_unusable_kvm_device_means_tcg_without_a_probe(fake_qemu):
     assert fake.probes() == 0
 
 
+def test_kvm_probe_failure_means_tcg_and_says_what_qemu_said(fake_qemu):
+    fake = fake_qemu("probe-abort")
+    result = _boot(fake)
+    assert result.passed, result.failure
+    assert result.accel == "tcg"
+    assert result.accel_reason == ("QEMU did not stay up under KVM (killed by SIGABRT): "
+                                   "qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69")
+    assert (fake.probes(), fake.calls()) == (1, ["tcg"])
+
+
+def test_qemu_exiting_under_kvm_before_any_output_boots_again_under_tcg(fake_qemu, caplog):
+    fake = fake_qemu("kvm-exit")
+    with caplog.at_level(logging.WARNING, logger="dib.boottest"):
+        result = _boot(fake)
+    assert result.passed, result.failure
+    assert (result.accel, result.accel_reason) == ("tcg", "QEMU exited under KVM")
+    assert fake.calls() == ["kvm", "tcg"]
+    assert "QEMU exited (status 1) before the console showed anything; booting again " \
+        "under TCG" in caplog.text
+
+
 # -- DIB_BOOT_TEST_* as the build reads them ---------------------------------------------------
 
 def test_boot_test_settings_defaults_and_values():
@@ -201,3 +228,19 @@ def test_bad_boot_test_variables_are_named(name, value):
     with pytest.raises(ConfigError) as exc:
         boot_test_settings({name: value})
     assert name in str(exc.value) and value in str(exc.value)
+
+
+def test_the_build_report_records_the_boot_test(tmp_path):
+    report = tmp_path / "build-report.json"
+    report.write_text('{"status": "ok"}\n')
+    result = boottest.BootResult(True, 95.0, "tcg", tmp_path / "serial.log", {"login: ": 94.5},
+                                 None, "KVM stalled after the bootloader",
+                                 "no console output for 45 s after the bootloader handed over",
+                                 tmp_path / "serial.kvm.log")
+    record_boot_test(report, result, "BIOS")
+    data = json.loads(report.read_text())
+    assert data["status"] == "ok"
+    assert data["boot_test"]["accel"] == "tcg"
+    assert data["boot_test"]["accel_reason"] == "KVM stalled after the bootloader"
+    assert data["boot_test"]["kvm_stall"].startswith("no console output for 45 s")
+    assert data["boot_test"]["seen"] == {"login: ": 94.5}
