@@ -154,7 +154,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--image-cache", help="cache directory (default ~/.cache/image-create)")
     p.add_argument("--offline", action="store_true", help="never touch the network")
     p.add_argument("--no-tmpfs", action="store_true", help="do not build in a tmpfs")
-    p.add_argument("--min-tmpfs", help="GiB of RAM needed (x2) before using a tmpfs (default 2)")
+    p.add_argument("--min-tmpfs", help="smallest tmpfs worth building in, GiB (default 2): with "
+                   "less memory to spare the build works on disk")
     p.add_argument("--logfile", help="also write the timestamped log here "
                                      "(default: <image>.d/build.log); implies quiet console")
     p.add_argument("--root-label", help="root filesystem label")
