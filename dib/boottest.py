@@ -94,11 +94,6 @@ def kvm_usable(device: str = KVM_DEVICE, output: Optional[Path] = None) -> Tuple
                    + (f": {said[0]}" if said else ""))
 
 
-def kvm_works(device: str = KVM_DEVICE) -> bool:
-    """KVM present and QEMU stays up under it (see :func:`kvm_usable`)."""
-    return kvm_usable(device)[0]
-
-
 def _firmware(uefi: bool, workdir: Path) -> list:
     if not uefi:
         return []
@@ -193,7 +188,6 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
         usable, reason = kvm_usable(kvm_device, workdir / "kvm-probe.out")
         accel = "kvm" if usable else "tcg"
         watch_stall = usable
-    firmware = _firmware(uefi, workdir)
     serial = workdir / "serial.log"
     start = time.monotonic()
     kvm_stall: Optional[str] = None
@@ -204,6 +198,7 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
         cmd.run(["qemu-img", "create", "-q", "-f", "qcow2", "-b", os.path.abspath(image),
                  "-F", image_format, overlay])
         serial.unlink(missing_ok=True)
+        firmware = _firmware(uefi, workdir)     # fresh UEFI variables for every attempt
         argv = ["qemu-system-x86_64", "-accel", accel,
                 "-cpu", "host" if accel == "kvm" else "max",
                 "-m", str(memory_mib), "-smp", "2", "-display", "none", "-monitor", "none",
