@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from dib import __version__, chroot, cmd, disk, element, hooks, interrupt, layers
 from dib import log as dlog
@@ -32,6 +32,9 @@ from dib.errors import ConfigError, DibError
 from dib.layers import LayerStore
 from dib.tree import LayeredTree
 from dib.workdir import workdir
+
+if TYPE_CHECKING:
+    from dib.boottest import BootResult
 
 log = logging.getLogger("dib.build")
 
@@ -185,7 +188,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                  len(b.steps))
         artifacts.write_sidecars(b, time.time() - started)
         if cfg.boot_test:
-            _boot_test(cfg, uefi=b.has_esp, timings=timings)
+            _boot_test(cfg, uefi=b.has_esp, timings=timings, report_path=report_path)
     return BuildResult(b.outputs, report_path, logfile)
 
 
@@ -238,19 +241,29 @@ def _prune_cache(cfg: BuildConfig, *, check_room: bool = False) -> None:
                         "space", free / (1 << 30), cfg.tmp_dir)
 
 
-def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
+def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings,
+               report_path: Path) -> None:
     """Boot the first disk output (under UEFI when the disk has an ESP, unless
-    DIB_BOOT_TEST_FIRMWARE=bios); raise DibError unless the console shows the pattern(s)."""
+    DIB_BOOT_TEST_FIRMWARE=bios); record the result in the report; raise DibError unless the
+    console shows the pattern(s)."""
     from dib import boottest
 
     fmt = next(f for f in cfg.formats if f.is_qemu_disk)
     image = cfg.output_path(fmt)
+    uefi = {"bios": False, "uefi": True}.get(cfg.boot_test_firmware, uefi)
+    firmware = "UEFI" if uefi else "BIOS"
     expect = [cfg.boot_test_expect] if cfg.boot_test_expect else list(boottest.DEFAULT_EXPECT)
-    uefi = uefi and cfg.boot_test_firmware != "bios"
+    accel = None if cfg.boot_test_accel == "auto" else cfg.boot_test_accel
     workdir = cfg.report_dir / "boot-test"
     with timings.measure("phase", "(boot test)"):
-        result = boottest.boot(image, workdir, image_format=fmt.value, uefi=uefi, expect=expect,
-                               timeout=cfg.boot_test_timeout)
+        result = boottest.boot(image, workdir, image_format=fmt.value, uefi=uefi,
+                               expect=expect, timeout=cfg.boot_test_timeout,
+                               accel=accel, accel_source="DIB_BOOT_TEST_ACCEL",
+                               stall_seconds=cfg.boot_test_stall)
+    record_boot_test(report_path, result, firmware)
+    how = f"{firmware}, {result.accel}: {result.accel_reason}"
+    if result.kvm_stall:
+        how += f" -- {result.kvm_stall}"
     if not result.passed:
         tail = "\n".join(result.serial_text().replace("\r", "").splitlines()[-15:])
         if not tail.strip():
@@ -258,12 +271,30 @@ def _boot_test(cfg: BuildConfig, *, uefi: bool, timings: dlog.Timings) -> None:
                     "the disk did not boot -- no boot code or EFI loader on it, or GRUB stopped "
                     "at its rescue prompt, which only the screen shows; is a bootloader "
                     "installed, e.g. by the vm element?)")
-        raise DibError(f"boot test failed: {result.failure} ({'UEFI' if uefi else 'BIOS'}, "
-                       f"{result.accel}, {result.seconds:.0f} s)\nlast console lines:\n{tail}",
+        raise DibError(f"boot test failed: {result.failure} ({how}; {result.seconds:.0f} s)\n"
+                       f"last console lines:\n{tail}",
                        hint=f"the image is {image}; the whole console log is "
                             f"{result.serial_log}")
-    log.info("boot test passed: %s after %.0f s (%s, %s)", ", ".join(result.seen),
-             result.seconds, "UEFI" if uefi else "BIOS", result.accel)
+    log.info("boot test passed: %s after %.0f s (%s)", ", ".join(result.seen),
+             result.seconds, how)
+
+
+def record_boot_test(report_path: Path, result: "BootResult", firmware: str) -> None:
+    """Add the boot test's outcome to the build report (written before the boot test)."""
+    report = json.loads(report_path.read_text())
+    report["boot_test"] = {
+        "passed": result.passed,
+        "failure": result.failure,
+        "seconds": result.seconds,
+        "firmware": firmware,
+        "accel": result.accel,
+        "accel_reason": result.accel_reason,
+        "kvm_stall": result.kvm_stall,
+        "seen": result.seen,
+        "serial_log": os.fspath(result.serial_log),
+        "kvm_serial_log": os.fspath(result.kvm_serial_log) if result.kvm_serial_log else None,
+    }
+    report_path.write_text(json.dumps(report, indent=2) + "\n")
 
 
 def _write_report(path: Path, cfg: BuildConfig, res: resolver.Resolution,

@@ -532,7 +532,8 @@ SETTINGS: Tuple[Setting, ...] = (
        "flag", **_BOOL),
     _s("no_tmpfs", "do not build in a tmpfs", ("--no-tmpfs",), "no-tmpfs", ("DIB_NO_TMPFS",),
        "flag", **_BOOL),
-    _s("min_tmpfs", "build in a tmpfs only when RAM is at least twice this many GiB",
+    _s("min_tmpfs", "smallest tmpfs worth building in (GiB): with less memory to spare (half "
+       "of MemAvailable less what other builds' tmpfs may still fill) the build works on disk",
        ("--min-tmpfs",), "min-tmpfs", ("DIB_MIN_TMPFS",), "number", _positive_number, "2",
        metavar="GIB", accepts="a positive number of GiB", bad="half", good="4"),
     _s("tmp_dir", "where work directories (dib_build.*) are made", env=("TMP_DIR",),
@@ -571,14 +572,16 @@ SETTINGS: Tuple[Setting, ...] = (
        env=("break_outside_target",), kind="flag", **_BOOL),
     # -- boot test ------------------------------------------------------------------------
     _s("boot_test", "boot the first disk output under QEMU afterwards and fail unless the "
-       "serial console shows a login prompt (or DIB_BOOT_TEST_EXPECT)", ("--boot-test",),
+       "serial console shows a login prompt (or DIB_BOOT_TEST_EXPECT); KVM if it works, else "
+       "TCG, and TCG again when the console stalls under KVM", ("--boot-test",),
        "boot-test", kind="flag"),
     _s("boot_test_accel", "QEMU accelerator of --boot-test", env=("DIB_BOOT_TEST_ACCEL",),
        kind="choice", choices=("auto", "kvm", "tcg"), default="auto", bad="hvf", good="tcg"),
     _s("boot_test_timeout", "seconds --boot-test waits for the pattern",
        env=("DIB_BOOT_TEST_TIMEOUT",), kind="number", parse=_positive_number, default="300",
        accepts="a positive number of seconds", bad="soon", good="600"),
-    _s("boot_test_stall", "seconds without console output after which --boot-test gives up",
+    _s("boot_test_stall", "seconds without console output under an automatically chosen KVM "
+       "after which --boot-test boots again under TCG",
        env=("DIB_BOOT_TEST_STALL",), kind="number", parse=_positive_number, default="45",
        accepts="a positive number of seconds", bad="-1", good="90"),
     _s("boot_test_expect", "regular expression --boot-test waits for",

@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from dib import artifacts, config, element, mirror, resolver
+from dib import artifacts, config, element, mirror, resolver, workdir
 from dib.config import BuildConfig, ImageFormat
 
 
@@ -40,17 +40,6 @@ def _from_env_or_elements(cfg: BuildConfig, res: resolver.Resolution,
         return given, variable
     value, owner = _element_default(res, variable)
     return value, f"default of element {owner}" if value else "not set"
-
-
-def _mem_total_gib() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return int(line.split()[1]) / (1 << 20)
-    except OSError:
-        pass
-    return 0.0
 
 
 def _block_device_source(cfg: BuildConfig, res: resolver.Resolution) -> str:
@@ -115,13 +104,11 @@ def plan(cfg: BuildConfig) -> List[str]:
                  + (" (layers and images neither reused nor stored: --no-cache)"
                     if cfg.no_cache else ""))
     if not cfg.use_tmpfs:
-        tmpfs = "no (--no-tmpfs / DIB_NO_TMPFS)"
+        lines.append(f"work directory: on disk under {cfg.tmp_dir} (--no-tmpfs / DIB_NO_TMPFS)")
     else:
-        ram = _mem_total_gib()
-        tmpfs = (f"yes ({ram:.1f} GiB RAM >= 2 x --min-tmpfs {cfg.min_tmpfs_gib:g})"
-                 if ram >= 2 * cfg.min_tmpfs_gib else
-                 f"no ({ram:.1f} GiB RAM < 2 x --min-tmpfs {cfg.min_tmpfs_gib:g})")
-    lines.append(f"work directory: under {cfg.tmp_dir}; tmpfs: {tmpfs}")
+        plan = workdir.current_tmpfs_plan(None, int(cfg.min_tmpfs_gib * workdir.GIB))
+        lines.append(f"{plan.describe()}, under {cfg.tmp_dir} (decided again when the build "
+                     "starts)")
     lines.append(f"network: {'offline' if cfg.offline else 'online'}")
     if cfg.packages:
         lines.append(f"extra packages (-p): {' '.join(cfg.packages)}")

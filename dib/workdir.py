@@ -17,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List
+from typing import Callable, Iterator, List, Optional, Sequence
 
 from dib import cmd, mounts
 from dib.errors import DibError
@@ -61,12 +61,98 @@ class Workdir:
         return self.base / "built"
 
 
-def _mem_total_gib() -> float:
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal:"):
-                return int(line.split()[1]) / 1024 / 1024
-    return 0.0
+GIB = 1 << 30
+
+
+def meminfo_bytes(text: str, field: str) -> int:
+    """One field of /proc/meminfo (``MemAvailable``, ``MemTotal``) in bytes; 0 if absent."""
+    for line in text.splitlines():
+        name, _, rest = line.partition(":")
+        if name == field:
+            value = rest.split()
+            return int(value[0]) * (1024 if value[1:] == ["kB"] else 1)
+    return 0
+
+
+def _unescape(path: str) -> str:
+    """Undo the octal escapes of /proc/self/mountinfo (space, tab, newline, backslash)."""
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        path = path.replace(code, char)
+    return path
+
+
+def build_tmpfs_mounts(mountinfo: str, own: Optional[Path] = None) -> List[Path]:
+    """Work-directory tmpfs mounts of running builds (``.../dib_build.*/w``), ours excluded."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if "-" not in fields:
+            continue
+        fstype = fields[fields.index("-") + 1]
+        target = Path(_unescape(fields[4]))
+        if (fstype == "tmpfs" and target.name == "w" and target.parent.name.startswith(PREFIX)
+                and (own is None or target.parent != own)):
+            found.append(target)
+    return found
+
+
+def _free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+def promised_bytes(mountpoints: Sequence[Path],
+                   free: Callable[[Path], int] = _free_bytes) -> int:
+    """What other builds' tmpfs mounts could still fill (their size less what they use)."""
+    total = 0
+    for target in mountpoints:
+        try:
+            total += free(target)
+        except OSError:           # unmounted meanwhile
+            continue
+    return total
+
+
+@dataclass(frozen=True)
+class TmpfsPlan:
+    """How big a tmpfs the work directory gets (``size`` 0: none, build on disk), and why."""
+    #: what the build could have: half of the memory neither in use nor promised
+    candidate: int
+    available: int
+    promised: int
+    others: int
+    minimum: int
+
+    @property
+    def size(self) -> int:
+        return self.candidate if self.candidate >= self.minimum and self.candidate > 0 else 0
+
+    def describe(self) -> str:
+        def gib(n: int) -> str:
+            return f"{n / GIB:.1f} GiB"
+        builds = f"{self.others} other build{'s' if self.others != 1 else ''}"
+        if self.size:
+            return (f"work directory: tmpfs of {gib(self.size)} (MemAvailable "
+                    f"{gib(self.available)}, {gib(self.promised)} promised to {builds})")
+        return (f"work directory on disk: only {gib(self.candidate)} of memory to spare "
+                f"(half of MemAvailable {gib(self.available)} less {gib(self.promised)} "
+                f"promised to {builds}; needs {self.minimum / GIB:g} GiB, --min-tmpfs)")
+
+
+def plan_tmpfs(available: int, promised: int, others: int, min_bytes: int) -> TmpfsPlan:
+    """Half of the memory that is available and not promised to other builds' tmpfs, so a
+    build started next still finds room (and never more than half of the RAM, as before);
+    whole MiB; none (build on disk) below ``min_bytes``."""
+    spare = max(0, available - promised)
+    return TmpfsPlan(spare // 2 >> 20 << 20, available, promised, others, min_bytes)
+
+
+def current_tmpfs_plan(own: Optional[Path], min_bytes: int) -> TmpfsPlan:
+    """:func:`plan_tmpfs` from /proc/meminfo and the running builds' mounts."""
+    meminfo = Path("/proc/meminfo").read_text()
+    others = build_tmpfs_mounts(Path("/proc/self/mountinfo").read_text(), own)
+    return plan_tmpfs(meminfo_bytes(meminfo, "MemAvailable"), promised_bytes(others),
+                      len(others), min_bytes)
 
 
 def remove_tree(path: Path) -> None:
@@ -99,11 +185,13 @@ def workdir(tmp_dir: Path, *, use_tmpfs: bool, min_tmpfs_gib: float,
         lock.write(f"{os.getpid()}\n")
         lock.flush()
         wd.base.mkdir()
-        if use_tmpfs and _mem_total_gib() >= 2 * min_tmpfs_gib:
-            stack.enter_context(mounts.mounted("tmpfs", wd.base, fstype="tmpfs",
-                                               options=("mode=0755", "size=50%")))
-        elif use_tmpfs:
-            log.info("not enough RAM to build in a tmpfs; using %s", tmp_dir)
+        if use_tmpfs:
+            plan = current_tmpfs_plan(root, int(min_tmpfs_gib * GIB))
+            log.info("%s", plan.describe())
+            if plan.size:
+                stack.enter_context(mounts.mounted(
+                    "tmpfs", wd.base, fstype="tmpfs",
+                    options=("mode=0755", f"size={plan.size >> 20}m")))
         for d in (wd.hooks, wd.mnt, wd.layers, wd.image, wd.built):
             d.mkdir()
         yield wd

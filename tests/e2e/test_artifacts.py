@@ -322,9 +322,13 @@ def test_boot_test_passes_for_the_good_image(vm, tmp_path):
                env={**VM_ENV, "DIB_BOOT_TEST_TIMEOUT": "900"})
     assert proc.returncode == 0, proc.stderr[-5000:]
     assert "(cached image)" in proc.stderr
-    m = re.search(r"boot test passed: login:\s+after (\d+) s \(BIOS, (tcg|kvm)\)", proc.stderr)
+    m = re.search(r"boot test passed: login:\s+after (\d+) s \(BIOS, (tcg|kvm): ([^\n]+)\)",
+                  proc.stderr)
     assert m, proc.stderr[-3000:]
     print(m.group(0))
+    boot = json.loads((tmp_path / "vm.d" / "build-report.json").read_text())["boot_test"]
+    assert boot["passed"] is True and boot["firmware"] == "BIOS"
+    assert (boot["accel"], boot["accel_reason"]) == (m.group(2), m.group(3).split(" -- ")[0])
 
 
 WIPE = """#!/bin/bash
@@ -364,6 +368,8 @@ def test_boot_test_fails_clearly_without_a_bootloader(vm, tmp_path):
     assert "hint: the image is " in proc.stderr
     report = json.loads((tmp_path / "nogrub.d" / "build-report.json").read_text())
     print(f"{sum(s['cached'] for s in report['steps'])} of {len(report['steps'])} steps cached")
+    assert report["boot_test"]["passed"] is False
+    assert report["boot_test"]["failure"] == "timed out after 60 s"
 
 
 # -- a recipe of two images -----------------------------------------------------------------------------

@@ -56,7 +56,11 @@ def _sfdisk(raw: Path) -> dict:
 
 
 def _boot(image: Path, tmp: Path, uefi: bool) -> re.Match:
-    result = boottest.boot(image, tmp, uefi=uefi, expect=[r"login: ", MARKER], timeout=600)
+    # DIB_BOOT_TEST_ACCEL forces an accelerator; unset, KVM is used when it works, and a KVM
+    # that stalls after the bootloader is dropped for TCG (boottest.boot)
+    result = boottest.boot(image, tmp, uefi=uefi, expect=[r"login: ", MARKER], timeout=600,
+                           accel=os.environ.get("DIB_BOOT_TEST_ACCEL") or None,
+                           accel_source="DIB_BOOT_TEST_ACCEL")
     assert result.passed, result.failure + "\n" + result.serial_text()[-3000:]
     m = re.search(MARKER, result.serial_text())
     assert m is not None

@@ -225,7 +225,8 @@ def test_dry_run_prints_the_resolved_build_and_builds_nothing(tmp_path):
         f"{out}.raw", f"{out}.tar", f"{out}.raw.md5", f"{out}.raw.sha256", f"{out}.tar.md5",
         f"{out}.tar.sha256", f"{out}.xml"]
     assert lines["image cache"] == str(tmp_path / "c")
-    assert lines["work directory"].endswith("tmpfs: no (--no-tmpfs / DIB_NO_TMPFS)")
+    assert lines["work directory"] == (f"on disk under {tmp_path / 'work'} "
+                                       "(--no-tmpfs / DIB_NO_TMPFS)")
     assert lines["block device"].startswith("block-device-default.yaml of element "
                                             "block-device-mbr")
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # nothing made, not even out/
