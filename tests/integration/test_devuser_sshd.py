@@ -6,7 +6,6 @@ so each case gets the sshd_config it needs and the host's stays untouched.
 """
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path

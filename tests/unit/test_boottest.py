@@ -19,7 +19,6 @@ import pytest
 
 from dib import boottest, cmd
 from dib.build import record_boot_test
-from dib.errors import ConfigError
 
 FAKE_QEMU = r"""#!{python}
 import os, sys, time
