@@ -157,13 +157,13 @@ def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
     config's labels and mount points (``disk_config``, else dib's fallback config).
     """
     env = {k: v for k, v in cfg.env.items() if k not in DROPPED_ENV and "%%" not in k}
-    dibcompat.install_hookbin(wd.hooks)
+    hookbin = dibcompat.install_hookbin(wd.hooks)
     paths = {n: os.fspath(res.elements[n].path) for n in res.order}
     elements = [(n, res.elements[n].path) for n in res.order]
     array = " ".join(f"[{n}]={p}" for n, p in paths.items())
     root_label = cfg.root_label or ("img-rootfs" if cfg.fs_type == "xfs" else "cloudimg-rootfs")
     env.update({
-        "PATH": dibcompat.host_path(f"{cmd.SAFE_PATH}:{wd.hooks}/bin"),
+        "PATH": dibcompat.host_path(hookbin, f"{cmd.SAFE_PATH}:{wd.hooks}/bin"),
         "LANG": "C.UTF-8", "LC_ALL": "C",
         "ARCH": cfg.arch,
         "IMAGE_NAME": cfg.image_name,

@@ -7,9 +7,10 @@ diskimage-builder's ``disk-image-create`` gives them:
 * ``sudo``: its hooks call ``sudo`` (``sudo -E``, ``sudo mount``, ...) everywhere. dib runs as
   root, so ``dib/hookbin/sudo`` -- a pass-through that drops sudo's options and runs the
   command -- comes first on the host phases' PATH, whether the host has sudo or not (the real
-  one would reset PATH and the environment). In the chroot phases the same shim is at the
-  *end* of PATH (``/tmp/in_target.d/dib-hookbin``): an image's own sudo wins, as with
-  diskimage-builder; images without sudo still work.
+  one would reset PATH and the environment). It is copied into the hooks tree
+  (``dib-hookbin/``), so in the chroot phases the same shim is at the *end* of PATH
+  (``/tmp/in_target.d/dib-hookbin``): an image's own sudo wins, as with diskimage-builder;
+  images without sudo still work.
 * ``DIB_PYTHON_EXEC``: an interpreter that can ``import diskimage_builder`` (its helpers such
   as package-installs-squash do), and ``_LIB``: that package's ``lib/`` directory. Found by
   :func:`find_library_python`; our own elements' helpers use ``DIB_ENGINE_PYTHON`` instead
@@ -186,20 +187,21 @@ def winners_dir(dest: Path, elements: Sequence[Tuple[str, Path]]) -> Path:
 # -- the shims ---------------------------------------------------------------------------
 
 def install_hookbin(hooks: Path) -> Path:
-    """Copy the shims into the hooks tree (for the chroot phases); returns the host
-    directory to put first on the host phases' PATH."""
+    """Copy the shims into the hooks tree, executable whatever the installation did to their
+    modes; returns that directory (the host phases' PATH entry; the chroot phases see it as
+    :data:`IN_CHROOT_BIN`)."""
     dest = hooks / HOOKS_SUBDIR
     dest.mkdir(exist_ok=True)
     for src in sorted(HOOKBIN.iterdir()):
         if src.is_file():
             shutil.copy2(src, dest / src.name)
             os.chmod(dest / src.name, 0o755)
-    return HOOKBIN
+    return dest
 
 
-def host_path(path: str) -> str:
+def host_path(hookbin: Path, path: str) -> str:
     """The host phases' PATH: the shims first."""
-    return f"{HOOKBIN}:{path}"
+    return f"{hookbin}:{path}"
 
 
 def chroot_path(path: str) -> str:
