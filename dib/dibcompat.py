@@ -110,7 +110,7 @@ def venv_pythons(pkg: Path) -> List[Path]:
 def probe_lib(python: str) -> Optional[Path]:
     """``python``'s diskimage_builder ``lib/`` directory, or None if it cannot import it."""
     try:
-        out = cmd.output([python, "-c", PROBE], env=cmd.base_env({"PYTHONNOUSERSITE": "1"}))
+        out = cmd.output([python, "-c", PROBE], env=cmd.base_env())
     except (CommandFailed, OSError):
         return None
     lib = Path(out.splitlines()[-1]) if out else None
