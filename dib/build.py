@@ -162,7 +162,8 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                 store = LayerStore(cfg.image_cache, wd.layers, enabled=use_cache)
                 stack.callback(store.close)
                 b = BuildContext(cfg, res, wd, hooks.assemble(res, wd.hooks),
-                                 hook_environment(cfg, res, wd, catalogue), logfile, timings,
+                                 hook_environment(cfg, res, wd, catalogue, disk_config),
+                                 logfile, timings,
                                  store, chroot.host_resolv_copy(wd.base / "resolv.conf"))
                 _build(b, disk_config)
             status = "ok"

@@ -66,6 +66,10 @@ def _element_info_parser() -> argparse.ArgumentParser:
     mode.add_argument("--list", action="store_true",
                       help="list every available element: name, path and the first "
                            "sentence of its README (takes no ELEMENT)")
+    mode.add_argument("--builtin-path", action="store_true",
+                      help="print the directory of dib's built-in elements (takes no ELEMENT), "
+                           "e.g. to put diskimage-builder's library after it: "
+                           "ELEMENTS_PATH=$(element-info --builtin-path):<its elements dir>")
     mode.add_argument("--graph", action="store_true",
                       help="print the resolved dependency graph in DOT (A -> B: A depends on B)")
     p.add_argument("--json", action="store_true",
@@ -85,8 +89,11 @@ def _element_info(argv: List[str]) -> int:
 
     parser = _element_info_parser()
     args = parser.parse_args(argv)
-    if args.list and args.elements:
-        parser.error("--list takes no ELEMENT arguments")
+    if (args.list or args.builtin_path) and args.elements:
+        parser.error(f"{'--list' if args.list else '--builtin-path'} takes no ELEMENT arguments")
+    if args.builtin_path:
+        print(element.builtin_elements_dir())
+        return 0
     if not args.list and not args.elements:
         parser.error("at least one ELEMENT is required (or --list)")
     dlog.setup(verbose=1 if args.debug else 0)

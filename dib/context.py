@@ -10,14 +10,14 @@ import contextlib
 import logging
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List
 
 import yaml
 
-from dib import chroot, cmd, element, hooks, outputs, resolver
+from dib import chroot, cmd, dibcompat, element, hooks, outputs, resolver
+from dib import blockdev
 from dib import log as dlog
 from dib.config import BuildConfig
 from dib.errors import DibError
@@ -78,6 +78,7 @@ class BuildContext:
             env["TARGET_ROOT"] = os.fspath(root)
         if phase.in_chroot:
             env["HOME"] = "/root"
+            env["PATH"] = dibcompat.chroot_path(cmd.SAFE_PATH)
         else:
             # host-side helpers ("$DIB_PYTHON_EXEC" -m dib.xxx) work from a checkout too
             env["PYTHONPATH"] = DIB_IMPORT_ROOT
@@ -137,21 +138,31 @@ class BuildContext:
 
 
 def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
-                     catalogue: element.Catalogue) -> Dict[str, str]:
-    """What every hook sees (dib-contract §b), before environment.d adds its part."""
+                     catalogue: element.Catalogue,
+                     disk_config: Optional[str] = None) -> Dict[str, str]:
+    """What every hook sees (dib-contract §b), before environment.d adds its part.
+
+    Also what diskimage-builder's own elements expect (:mod:`dib.dibcompat`): its shims
+    (``sudo``, ``dib-block-device``) installed in the hooks tree and on PATH, a
+    ``DIB_PYTHON_EXEC`` that imports diskimage_builder and ``_LIB``, and the block-device
+    config's labels and mount points (``disk_config``, else dib's fallback config).
+    """
     env = {k: v for k, v in cfg.env.items() if k not in DROPPED_ENV and "%%" not in k}
+    hookbin = dibcompat.install_hookbin(wd.hooks)
     paths = {n: os.fspath(res.elements[n].path) for n in res.order}
+    elements = [(n, res.elements[n].path) for n in res.order]
     array = " ".join(f"[{n}]={p}" for n, p in paths.items())
     root_label = cfg.root_label or ("img-rootfs" if cfg.fs_type == "xfs" else "cloudimg-rootfs")
     env.update({
-        "PATH": f"{cmd.SAFE_PATH}:{wd.hooks}/bin",
+        "PATH": dibcompat.host_path(hookbin, f"{cmd.SAFE_PATH}:{wd.hooks}/bin"),
         "LANG": "C.UTF-8", "LC_ALL": "C",
         "ARCH": cfg.arch,
         "IMAGE_NAME": cfg.image_name,
         "IMAGE_ELEMENT": " ".join(res.order),
         "IMAGE_ELEMENT_YAML": yaml.safe_dump(paths, default_flow_style=False),
         "BASH_FUNC_get_image_element_array%%": f'() {{  echo "{array} "\n}}',
-        "ELEMENTS_PATH": ":".join(os.fspath(p) for p in catalogue.search_path),
+        # one directory of the elements that won (see dibcompat.winners_dir)
+        "ELEMENTS_PATH": os.fspath(dibcompat.winners_dir(wd.base / "elements", elements)),
         "TMP_BUILD_DIR": os.fspath(wd.base),
         "TMP_IMAGE_DIR": os.fspath(wd.image),
         "TMP_HOOKS_PATH": os.fspath(wd.hooks),
@@ -162,7 +173,6 @@ def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
         "DIB_OFFLINE": "1" if cfg.offline else "",
         "DIB_NO_CACHE": "1" if cfg.no_cache else "",
         "DIB_DEBUG_TRACE": str(cfg.trace),
-        "DIB_PYTHON_EXEC": sys.executable,
         "DIB_ARGS": shlex.join(cfg.argv),
         "DIB_ENV": "".join(f"export {k}={shlex.quote(v)}\n"
                            for k, v in sorted(cfg.env.items()) if k.startswith("DIB_")),
@@ -174,6 +184,12 @@ def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
         "DIB_MIN_TMPFS": f"{cfg.min_tmpfs_gib:g}",
         "DIB_DEFAULT_INSTALLTYPE": cfg.install_type,
     })
+    env.update(dibcompat.hook_env(cfg.env, elements))
+    params = blockdev.Params(image_dir=wd.image, mount_base=wd.mnt, root_fs_type=cfg.fs_type,
+                             root_label=root_label, root_mkfs_opts=cfg.mkfs_options)
+    env.update(dibcompat.block_device_env(
+        wd.base, disk_config if disk_config is not None else blockdev.default_config_text(),
+        params))
     return env
 
 

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from pathlib import Path
 
-from dib import artifacts, blockdev, cmd, outputs, resolver
+from dib import artifacts, blockdev, cmd, dibcompat, outputs, resolver
 from dib.blockdev.partition import PartitioningSpec
 from dib.config import BuildConfig, ImageFormat
 from dib.context import BuildContext, finish_tree
@@ -130,12 +130,12 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
         (wd.mnt / "etc").mkdir(exist_ok=True)
         (wd.mnt / "etc" / "fstab").write_text(state.fstab())
         b.env.update({
-            "IMAGE_BLOCK_DEVICE": state.image_block_device,
-            "IMAGE_BLOCK_DEVICES": " ".join(f"[{k}]={v}"
-                                            for k, v in state.image_block_devices.items()),
             "DIB_ROOT_LABEL": state.root_label or root_label,
             "DIB_ROOT_FSTYPE": state.root_fstype or cfg.fs_type,
-            "DIB_IMAGE_SIZE": str(size),
+            **dibcompat.disk_created(wd.base, image_path=state.image_files[config.loops[0].name],
+                                     image_block_device=state.image_block_device,
+                                     image_block_devices=state.image_block_devices,
+                                     image_size=size),
         })
         if b.has_work("block-device.d"):
             b.run("block-device.d", wd.mnt)

@@ -203,7 +203,8 @@ def builtin_elements_dir() -> Path:
 
 
 def search_path(elements_path: Optional[str], builtin: Optional[Path] = None) -> Tuple[Path, ...]:
-    """``ELEMENTS_PATH`` entries (colon separated, earlier wins) followed by the built-ins.
+    """``ELEMENTS_PATH`` entries (colon separated, earlier wins) followed by the built-ins,
+    unless ELEMENTS_PATH names the built-in directory itself (then it stays where it is).
 
     An empty component (``a::b``, a leading or trailing ``:``) is an error, as in
     diskimage-builder. The built-in directory is left out when it does not exist (an install
@@ -218,7 +219,9 @@ def search_path(elements_path: Optional[str], builtin: Optional[Path] = None) ->
                     hint="remove the empty entry: a '::', or a leading or trailing ':'")
             entries.append(Path(part))
     builtin = builtin if builtin is not None else builtin_elements_dir()
-    if builtin.is_dir():
+    if any(e.resolve() == builtin.resolve() for e in entries):
+        pass  # placed by the caller (ELEMENTS_PATH=$(element-info --builtin-path):...)
+    elif builtin.is_dir():
         entries.append(builtin)
     else:
         log.debug("no built-in elements directory at %s", builtin)

@@ -36,8 +36,9 @@ REDACTED = "<redacted>"
 _URL_CREDENTIALS = re.compile(r"(?P<scheme>[a-zA-Z][a-zA-Z0-9+.-]*://)[^/@\s]+@")
 
 #: variables dib itself sets for hooks; not settings of the caller
-INTERNAL_VARS = {"DIB_ARGS", "DIB_ENV", "DIB_PYTHON_EXEC", "DIB_IMAGE_CACHE", "DIB_LOCKFILES",
-                 "DIB_CHROOT_CACHE"}
+INTERNAL_VARS = {"DIB_ARGS", "DIB_ENV", "DIB_PYTHON_EXEC", "DIB_ENGINE_PYTHON",
+                 "DIB_IMAGE_CACHE", "DIB_LOCKFILES", "DIB_CHROOT_CACHE",
+                 "DIB_BLOCK_DEVICE_PARAMS_YAML"}
 
 DPKG_FORMAT = ("${Package}\\t${Version}\\t${Architecture}\\t${db:Status-Abbrev}\\t"
                "${source:Package}\\t${source:Version}\\t${Installed-Size}\\n")

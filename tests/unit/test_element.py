@@ -47,6 +47,19 @@ def test_builtin_directory_comes_last_so_users_override_it(make_elements):
     assert "only-builtin" in cat
 
 
+def test_builtin_directory_named_on_elements_path_stays_in_place(make_elements):
+    """ELEMENTS_PATH=$(element-info --builtin-path):<diskimage-builder's library>: ours
+    first, theirs for the rest -- the built-ins are not appended a second time."""
+    builtin = make_elements({"vm": {"deps": ["ours"]}, "ours": {}}, under="builtin")
+    library = make_elements({"vm": {"deps": ["theirs"]}, "only-theirs": {}}, under="library")
+    paths = search_path(f"{builtin}:{library}", builtin=builtin)
+    assert paths == (builtin, library)
+    cat = discover(paths)
+    assert cat["vm"].deps == ("ours",)
+    assert "only-theirs" in cat
+    assert cat.overridden["vm"] == (library / "vm",)
+
+
 def test_no_elements_path_means_builtins_only(make_elements):
     builtin = make_elements({"base": {}}, under="builtin")
     assert search_path(None, builtin=builtin) == (builtin,)

@@ -220,7 +220,7 @@ def bootstrap_env(s: Settings, env: Mapping[str, str], cache_root: Path) -> Dict
 
 def run_bootstrap(target: Path, env: Dict[str, str]) -> None:
     env = dict(env, TARGET_ROOT=os.fspath(target))
-    python = env.get("DIB_PYTHON_EXEC") or sys.executable
+    python = env.get("DIB_ENGINE_PYTHON") or env.get("DIB_PYTHON_EXEC") or sys.executable
     if subprocess.run([python, "-c", "import dib.bootstrap"], env=env,
                       capture_output=True).returncode != 0:
         # docklet-lib/docklet_image: the parents of the former docklet-lib/docklet_image.py
