@@ -97,7 +97,8 @@ def test_changed_packaging_installs_again(setup, checkout, changed):
 def test_dib_test_runs_the_suite_in_the_checkouts_venv():
     dib_test = load("dib-test")
     python = ROOT / ".venv" / "bin" / "python"
-    assert dib_test.pytest_argv(python, [], ROOT) == [str(python), "-m", "pytest", "-q", "tests"]
+    assert dib_test.pytest_argv(python, [], ROOT) == [str(python), "-m", "pytest", "-q", "-rs",
+                                                      "tests"]
     elsewhere = dib_test.pytest_argv(python, [], ROOT / "docs")
     assert os.path.normpath(ROOT / "docs" / elsewhere[-1]) == str(ROOT / "tests")
     assert dib_test.pytest_argv(python, ["tests/unit", "-x"], ROOT)[3:] == ["tests/unit", "-x"]
