@@ -100,8 +100,8 @@ def test_functional_test_element(case, tmp_path):
     (tmp_path / "tmp").mkdir()
     out = tmp_path / "image"
     proc = subprocess.run([sys.executable, os.fspath(ROOT / "bin" / "disk-image-create"), "-n",
-                           "-t", types, "-o", os.fspath(out), elem, test], env=env,
-                          capture_output=True, text=True, timeout=2400)
+                           "--no-cache", "-t", types, "-o", os.fspath(out), elem, test],
+                          env=env, capture_output=True, text=True, timeout=2400)
     assert_clean(tmp_path)
     if should_fail:
         assert proc.returncode != 0, "expected to fail"

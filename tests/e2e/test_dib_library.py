@@ -72,9 +72,11 @@ def build(tmp: Path, name: str, elements_path: Sequence[Path], args: Sequence[st
                     OVERWRITE_OLD_IMAGE="1", **mirror_env(), **(env or {}))
     (tmp / "tmp").mkdir(parents=True, exist_ok=True)
     out = tmp / name
+    # --no-cache: the library's hooks really run each time (a warm layer or image cache
+    # would hide a change of the hook environment, which is no part of the cache keys)
     proc = subprocess.run([sys.executable, os.fspath(ROOT / "bin" / "disk-image-create"),
-                           "-o", os.fspath(out), *args], env=full_env, capture_output=True,
-                          text=True, timeout=2400)
+                           "--no-cache", "-o", os.fspath(out), *args], env=full_env,
+                          capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert_clean(tmp)
     return out
