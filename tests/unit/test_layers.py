@@ -2,8 +2,10 @@
 
 Every module of dib/ belongs to exactly one layer. A module may import modules of its own
 layer and of the layers below it, never one above; and no chain of imports may lead back to
-where it started. Every import counts: module level, inside functions (the lazy imports that
-hide a cycle from the interpreter) and under ``if TYPE_CHECKING``.
+where it started. Every import counts for the layers: module level, inside functions (the lazy
+imports that hide a cycle from the interpreter) and under ``if TYPE_CHECKING``. For cycles,
+every import but the ``TYPE_CHECKING`` ones (annotations only: ``a`` runs ``b``, ``b`` only
+names ``a``'s type).
 
 A new module fails here until it is given a layer, both below and in the doc's table.
 """
@@ -30,8 +32,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("the build", ("build",)),
     ("stages", ("artifacts", "disk", "steps")),
     ("context", ("context",)),
-    ("engine", ("artifacts.container", "artifacts.libvirt", "artifacts.manifest",
-                "artifacts.vagrant", "blockdev", "blockdev.*", "bootstrap", "boottest",
+    ("engine", ("artifacts.*", "blockdev", "blockdev.*", "bootstrap", "boottest",
                 "chroot", "content_keys", "dibcompat", "hooks", "interrupt", "layers",
                 "outputs", "outputs.*", "package_installs", "resolver", "runparts", "tree",
                 "workdir")),
@@ -49,6 +50,9 @@ ALLOWED_UPWARD: Set[Tuple[str, str]] = {
     for pkg in ("artifacts", "outputs") for fmt in ("container", "libvirt", "vagrant")
 }
 
+#: layer entries for modules that exist only before or only after the #12 refactor
+TRANSITIONAL = {"artifacts", "artifacts.*", "outputs.*"}
+
 HOW_TO_FIX = "add it to a layer in tests/unit/test_layers.py and docs/architecture.md"
 
 
@@ -63,15 +67,30 @@ def module_names() -> Dict[str, Path]:
     return names
 
 
-def imported(module: str, path: Path, known: Set[str]) -> Iterator[Tuple[str, int]]:
-    """The dib modules ``module`` imports, with line numbers; ``from dib.x import y`` names
-    ``dib.x.y`` when that is a module and ``dib.x`` otherwise."""
+def _typing_only(tree: ast.AST) -> Set[int]:
+    """ids of the import nodes under ``if TYPE_CHECKING:`` (or ``typing.TYPE_CHECKING``)."""
+    found: Set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and (
+                (isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+                or (isinstance(node.test, ast.Attribute) and node.test.attr == "TYPE_CHECKING")):
+            found.update(id(n) for stmt in node.body for n in ast.walk(stmt)
+                         if isinstance(n, (ast.Import, ast.ImportFrom)))
+    return found
+
+
+def imported(module: str, path: Path,
+             known: Set[str]) -> Iterator[Tuple[str, int, bool]]:
+    """The dib modules ``module`` imports: (module, line, only under TYPE_CHECKING);
+    ``from dib.x import y`` names ``dib.x.y`` when that is a module and ``dib.x`` otherwise."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    typing_only = _typing_only(tree)
+    for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name == "dib" or alias.name.startswith("dib."):
-                    yield alias.name, node.lineno
+                    yield alias.name, node.lineno, id(node) in typing_only
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base_parts = package.split(".")[:len(package.split(".")) - node.level + 1]
@@ -82,7 +101,7 @@ def imported(module: str, path: Path, known: Set[str]) -> Iterator[Tuple[str, in
                 continue
             for alias in node.names:
                 sub = f"{base}.{alias.name}"
-                yield (sub if sub in known else base), node.lineno
+                yield (sub if sub in known else base), node.lineno, id(node) in typing_only
 
 
 def layer_index() -> Dict[str, int]:
@@ -102,11 +121,12 @@ def layer_index() -> Dict[str, int]:
     return index
 
 
-def edges() -> List[Tuple[str, str, int]]:
+def edges() -> List[Tuple[str, str, int, bool]]:
+    """(importer, imported, line, only under TYPE_CHECKING) for every import in dib/."""
     modules = module_names()
     known = set(modules)
-    return [(m, dep, line) for m, path in modules.items()
-            for dep, line in imported(m, path, known) if dep != m]
+    return [(m, dep, line, typing) for m, path in modules.items()
+            for dep, line, typing in imported(m, path, known) if dep != m]
 
 
 def test_every_module_has_a_layer() -> None:
@@ -126,15 +146,17 @@ def test_every_layer_entry_names_a_module() -> None:
                     stale.append(pattern)
             elif (f"dib.{pattern}" if pattern else "dib") not in modules:
                 stale.append(pattern)
-    # outputs.* is the dib/outputs/ package the #12 refactor creates: expected ahead of it
-    stale = [s for s in stale if s != "outputs.*"]
+    # relaxed until the #12 refactor lands (dib/artifacts/ becomes the dib/outputs/
+    # package): both names are listed so this passes on either side of the merge; tighten
+    # after, removing the artifacts entries here and in the doc
+    stale = [s for s in stale if s not in TRANSITIONAL]
     assert not stale, f"layer entries without a module: {stale}: remove them here and in the doc"
 
 
 def test_imports_point_down() -> None:
     index = layer_index()
     upward = []
-    for m, dep, line in edges():
+    for m, dep, line, _ in edges():
         if m not in index or dep not in index:
             continue  # reported by test_every_module_has_a_layer
         if index[dep] < index[m] and (m, dep) not in ALLOWED_UPWARD:
@@ -145,7 +167,8 @@ def test_imports_point_down() -> None:
 
 def test_no_import_cycles() -> None:
     graph = nx.DiGraph()
-    graph.add_edges_from((m, dep) for m, dep, _ in edges() if (m, dep) not in ALLOWED_UPWARD)
+    graph.add_edges_from((m, dep) for m, dep, _, typing in edges()
+                         if not typing and (m, dep) not in ALLOWED_UPWARD)
     found = itertools.islice(nx.simple_cycles(graph), 20)  # enough to see the loop
     cycles = sorted(" -> ".join([*c, c[0]]) for c in found)
     assert not cycles, "import cycles:\n" + "\n".join(cycles)
@@ -187,4 +210,12 @@ def test_imports_are_found(tmp_path: Path, source: str, expected: Set[str]) -> N
     path.write_text(source)
     known = {"dib", "dib.cmd", "dib.log", "dib.errors", "dib.blockdev.size",
              "dib.blockdev.node", "dib.context"}
-    assert {dep for dep, _ in imported("dib.blockdev.mod", path, known)} == expected
+    assert {dep for dep, _, _ in imported("dib.blockdev.mod", path, known)} == expected
+
+
+def test_type_checking_imports_are_told_apart(tmp_path: Path) -> None:
+    path = tmp_path / "mod.py"
+    path.write_text("import typing\nfrom dib import cmd\nif typing.TYPE_CHECKING:\n"
+                    "    from dib import log\n")
+    found = {dep: typing for dep, _, typing in imported("dib.mod", path, {"dib.cmd", "dib.log"})}
+    assert found == {"dib.cmd": False, "dib.log": True}
