@@ -252,7 +252,8 @@ def _normalise(root: Path) -> None:
 
 
 def _same_lines(a: Sequence[str], b: Sequence[str]) -> bool:
-    norm = lambda xs: sorted(" ".join(x.split()) for x in xs)  # noqa: E731
+    def norm(xs: Sequence[str]) -> List[str]:
+        return sorted(" ".join(x.split()) for x in xs)
     return norm(a) == norm(b)
 
 
@@ -290,7 +291,8 @@ def _mirror_env(choice: mirror.MirrorChoice, sources: Sequence[Tuple[str, str]])
     if main:
         out += f"export DIB_DISTRIBUTION_MIRROR=${{DIB_DISTRIBUTION_MIRROR:-{shlex.quote(main)}}}\n"
     if sec:
-        out += f"export DIB_DEBIAN_SECURITY_MIRROR=${{DIB_DEBIAN_SECURITY_MIRROR:-{shlex.quote(sec)}}}\n"
+        out += ("export DIB_DEBIAN_SECURITY_MIRROR="
+                f"${{DIB_DEBIAN_SECURITY_MIRROR:-{shlex.quote(sec)}}}\n")
     return out
 
 

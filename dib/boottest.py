@@ -23,7 +23,7 @@ import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from dib import cmd
 from dib.errors import DibError
@@ -94,7 +94,7 @@ def kvm_usable(device: str = KVM_DEVICE, output: Optional[Path] = None) -> Tuple
                    + (f": {said[0]}" if said else ""))
 
 
-def _firmware(uefi: bool, workdir: Path) -> list:
+def _firmware(uefi: bool, workdir: Path) -> List[str]:
     if not uefi:
         return []
     code = next((p for p in OVMF_CODE if os.path.exists(p)), None)

@@ -25,7 +25,7 @@ import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Optional
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Set
 
 log = logging.getLogger("dib.cache")
 
@@ -129,7 +129,7 @@ class ArtifactCache:
             return entry
 
     def store(self, key: str, suffix: str, inputs: Mapping[str, Any],
-              write: Callable[[Path], None]) -> Entry:
+              write: Callable[[Path], object]) -> Entry:
         """Make the file for ``key`` with ``write(tmp_path)``, then record it."""
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path_for(key, suffix)
@@ -155,7 +155,7 @@ class ArtifactCache:
             index.set((self.kind, key), asdict(entry))
         return entry
 
-    def entries(self) -> list:
+    def entries(self) -> List[Entry]:
         with self._index() as index:
             return [Entry(**index[k]) for k in list(index.iterkeys())
                     if isinstance(k, tuple) and len(k) == 2 and k[0] == self.kind
@@ -163,7 +163,7 @@ class ArtifactCache:
 
     def prune(self, keep: int, same: Callable[[Entry], Any]) -> int:
         """Keep the ``keep`` newest entries of each ``same(entry)`` group; drop the rest."""
-        groups: dict = {}
+        groups: Dict[Any, List[Entry]] = {}
         for e in self.entries():
             groups.setdefault(same(e), []).append(e)
         dropped = 0
@@ -232,16 +232,16 @@ def parse_size(text: str) -> int:
         raise ValueError(f"not a size: {text!r} (use e.g. 20G or 500M)") from None
 
 
-def all_entries(root: Path) -> list:
+def all_entries(root: Path) -> List[Entry]:
     """Every entry of every kind under ``root``, least recently used first."""
     entries = [e for kind in KINDS for e in ArtifactCache(root, kind).entries()]
     return sorted(entries, key=lambda e: e.used or e.created)
 
 
-def layers_in_use() -> set:
+def layers_in_use() -> Set[str]:
     """Names of the directories some overlay mount on this machine uses right now (builds
     pass layers by name, relative to the layer directory)."""
-    names = set()
+    names: Set[str] = set()
     with contextlib.suppress(OSError), open("/proc/self/mountinfo") as f:
         for line in f:
             if " - overlay " not in line:
@@ -273,7 +273,7 @@ DEB_ARCHIVES = Path("chroot") / "apt" / "archives"
 CHROOT_CACHE = Path("chroot")
 
 
-def deb_files(root: Path) -> list:
+def deb_files(root: Path) -> List[Entry]:
     """The cached .deb files as entries of kind ``deb`` (not in the index: apt writes them).
 
     apt reads a cached .deb without writing it, so a file's last use is its newest access or
@@ -326,7 +326,7 @@ def bind_mounted(directory: Path, mountinfo: Optional[str] = None) -> bool:
 
 def prune_lru(root: Path, max_bytes: int, *, min_free: int = 0, min_idle: float = 600.0,
               free: Callable[[Path], int] = free_space,
-              chroot_cache_in_use: Callable[[Path], bool] = bind_mounted) -> list:
+              chroot_cache_in_use: Callable[[Path], bool] = bind_mounted) -> List[Entry]:
     """Drop least-recently-used entries until the cache holds at most ``max_bytes`` and its
     filesystem has at least ``min_free`` bytes free (as far as dropping the cache can get it).
 

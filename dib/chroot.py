@@ -11,7 +11,7 @@ import contextlib
 import logging
 import os
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional, Sequence, Union
 
 from dib import mounts
 
@@ -55,7 +55,7 @@ def chroot_mounts(root: Path, hooks: Path, cache: Optional[Path] = None,
         yield root
 
 
-def chroot_argv(root: Path, argv) -> list:
+def chroot_argv(root: Path, argv: Sequence[Union[str, "os.PathLike[str]"]]) -> List[str]:
     return ["chroot", os.fspath(root), *[os.fspath(a) for a in argv]]
 
 

@@ -11,10 +11,13 @@ import logging
 import os
 import sys
 import traceback
-from typing import Callable, List, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 from dib import __version__
 from dib.errors import ConfigError, DibError, report
+
+if TYPE_CHECKING:
+    from dib.config import BuildConfig
 
 log = logging.getLogger("dib")
 
@@ -85,7 +88,8 @@ def _element_info_parser() -> argparse.ArgumentParser:
 
 
 def _element_info(argv: List[str]) -> int:
-    from dib import config, element, log as dlog, resolver
+    from dib import config, element, resolver
+    from dib import log as dlog
 
     parser = _element_info_parser()
     args = parser.parse_args(argv)
@@ -138,7 +142,8 @@ def element_info(argv: Optional[Sequence[str]] = None) -> int:
 # -- disk-image-create ------------------------------------------------------------------------
 
 def _disk_image_create(argv: List[str]) -> int:
-    from dib import config, log as dlog
+    from dib import config
+    from dib import log as dlog
 
     if any(a == "--recipe" or a.startswith("--recipe=") for a in argv):
         from dib import recipe
@@ -169,7 +174,7 @@ def _disk_image_create(argv: List[str]) -> int:
     return 0
 
 
-def _print_plan(cfg, title: str = "") -> None:
+def _print_plan(cfg: "BuildConfig", title: str = "") -> None:
     from dib import dryrun
 
     lines = dryrun.plan(cfg)

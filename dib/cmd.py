@@ -21,7 +21,19 @@ import shutil
 import signal
 import subprocess
 from dataclasses import dataclass
-from typing import Callable, Iterator, Mapping, Optional, Sequence, Union
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Deque,
+    Dict,
+    Iterator,
+    Mapping,
+    Optional,
+    Sequence,
+    Tuple,
+    Union,
+)
 
 from dib.errors import CommandFailed, MissingTool
 
@@ -39,7 +51,7 @@ PASSTHROUGH = ("http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PRO
 
 @dataclass(frozen=True)
 class Result:
-    argv: tuple
+    argv: Tuple[str, ...]
     returncode: int
     stdout: str
     """Captured stdout when ``capture=True``, else empty."""
@@ -47,7 +59,7 @@ class Result:
     """The last lines of output (stderr first when captured), for error messages."""
 
 
-def base_env(extra: Optional[Mapping[str, str]] = None) -> dict:
+def base_env(extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
     """A clean environment: fixed PATH, C.UTF-8, proxies passed through."""
     env = {"PATH": SAFE_PATH, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
     for name in PASSTHROUGH:
@@ -76,7 +88,7 @@ def _subprocess_runner(argv: Sequence[str], *, env: Mapping[str, str], cwd: Opti
         stderr=subprocess.PIPE if capture else subprocess.STDOUT,
         start_new_session=True,
     )
-    lines: collections.deque = collections.deque(maxlen=tail)
+    lines: Deque[str] = collections.deque(maxlen=tail)
     try:
         if capture:
             out, err = proc.communicate(input.encode() if input is not None else None)
@@ -105,7 +117,7 @@ def _subprocess_runner(argv: Sequence[str], *, env: Mapping[str, str], cwd: Opti
     return Result(tuple(argv), proc.returncode, stdout, "\n".join(lines))
 
 
-def _kill(proc: subprocess.Popen) -> None:
+def _kill(proc: subprocess.Popen[bytes]) -> None:
     """Kill the child's whole process group and reap it."""
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGTERM)
@@ -152,7 +164,7 @@ def run(argv: Sequence[Arg], *, env: Optional[Mapping[str, str]] = None,
 
 @contextlib.contextmanager
 def background(argv: Sequence[Arg], *, stdout_path: Optional[Arg] = None,
-               env: Optional[Mapping[str, str]] = None) -> Iterator[subprocess.Popen]:
+               env: Optional[Mapping[str, str]] = None) -> Iterator[subprocess.Popen[bytes]]:
     """Start ``argv`` and yield its Popen; leaving the context kills its process group.
 
     For long-running programs that are watched rather than waited for (a VM under test).
@@ -160,10 +172,11 @@ def background(argv: Sequence[Arg], *, stdout_path: Optional[Arg] = None,
     """
     args = [os.fspath(a) for a in argv]
     log.debug("$ %s &", shlex.join(args))
-    out = open(stdout_path, "wb") if stdout_path is not None else subprocess.DEVNULL
+    out: Optional[IO[bytes]] = open(stdout_path, "wb") if stdout_path is not None else None
     try:
         proc = subprocess.Popen(args, env=dict(env) if env is not None else base_env(),
-                                stdin=subprocess.DEVNULL, stdout=out,
+                                stdin=subprocess.DEVNULL,
+                                stdout=out if out is not None else subprocess.DEVNULL,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         try:
             yield proc
@@ -171,11 +184,11 @@ def background(argv: Sequence[Arg], *, stdout_path: Optional[Arg] = None,
             if proc.poll() is None:
                 _kill(proc)
     finally:
-        if out is not subprocess.DEVNULL:
+        if out is not None:
             out.close()
 
 
-def output(argv: Sequence[Arg], **kwargs) -> str:
+def output(argv: Sequence[Arg], **kwargs: Any) -> str:
     """Run and return stdout, stripped."""
     return run(argv, capture=True, **kwargs).stdout.strip()
 

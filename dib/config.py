@@ -26,8 +26,7 @@ import shlex
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import (TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence,
-                    Tuple)
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib import __version__
 from dib.errors import ConfigError, NotYetSupported
@@ -449,7 +448,8 @@ SETTINGS: Tuple[Setting, ...] = (
        "imagename", ("IMAGE_NAME",), parse=_image_name, default="image", metavar="NAME",
        accepts="a file name (its directory must be writable)", bad="out/", good="out/web"),
     _s("types", "output types, comma separated: qcow2, raw, vmdk, vhd, vdi, tar, tgz, "
-       "vagrant (.box), docker (.docker.tar), oci (layout directory); docs/artifacts.md", ("-t",), "types",
+       "vagrant (.box), docker (.docker.tar), oci (layout directory); docs/artifacts.md",
+       ("-t",), "types",
        kind="list", parse=_formats, default="qcow2", metavar="TYPES",
        accepts="a comma-separated list of " + ", ".join(f.value for f in ImageFormat),
        bad="qcow3", good="raw,tar"),

@@ -290,7 +290,7 @@ def getval(build_dir: Path, symbol: str) -> str:
     path = block_device_dir(build_dir) / STATE_FILE
     state = json.loads(path.read_text()) if path.exists() else {}
     if symbol in state:
-        return state[symbol]
+        return str(state[symbol])
     if symbol in AFTER_CREATE:
         raise DibError(f"dib-block-device getval {symbol}: the disk does not exist yet",
                        hint="it is known from block-device.d on")

@@ -2,8 +2,8 @@
 
 Everything the build decides before its first command is decided here the same way -- the
 element set with the implicit ones, the checks of the configuration, the output directory
-and the other places it writes -- and printed instead of acted on. Needs no root and mounts nothing; the only thing it
-makes is config.preflight's probe directory, removed at once.
+and the other places it writes -- and printed instead of acted on. Needs no root and mounts
+nothing; the only thing it makes is config.preflight's probe directory, removed at once.
 """
 from __future__ import annotations
 

@@ -13,7 +13,7 @@ import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple
+from typing import Any, Dict, List, Mapping, Tuple
 
 from dib.element import ENV_NAME, HOOK_NAME, run_parts_key
 from dib.errors import DuplicateHook
@@ -92,5 +92,5 @@ def _merge_dir(src: Path, dst: Path, rel: str, element: str,
 
 def _write_element_data(res: Resolution, dest: Path) -> None:
     """The resolved set as data for hooks (instead of shell to eval)."""
-    data: List[dict] = [{"name": e.name, "path": str(e.path)} for e in res.ordered()]
+    data: List[Dict[str, Any]] = [{"name": e.name, "path": str(e.path)} for e in res.ordered()]
     (dest / "dib-elements.json").write_text(json.dumps(data, indent=2) + "\n")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import signal
+from types import FrameType
 from typing import Iterator, Optional
 
 from dib.errors import Interrupted
@@ -23,7 +24,7 @@ class Guard:
         self.received: Optional[int] = None
         self._unwinding = False
 
-    def _handler(self, signum, frame) -> None:
+    def _handler(self, signum: int, frame: Optional[FrameType]) -> None:
         if self._unwinding or self.received is not None:
             log.warning("received %s while cleaning up; finishing the cleanup first",
                         signal.Signals(signum).name)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from dib.cache import ArtifactCache, cache_key
 
@@ -58,15 +59,19 @@ def tree_digest(root: Path, skip_top: Sequence[str] = ()) -> str:
                 h.update(b"L" + os.readlink(path).encode())
             elif stat.S_ISREG(st.st_mode):
                 with open(path, "rb") as f:
-                    for block in iter(lambda: f.read(1 << 20), b""):
+                    for block in iter(functools.partial(f.read, 1 << 20), b""):
                         h.update(block)
         h.update(b"\n")
     return h.hexdigest()
 
 
-def snapshot(root: Path) -> Dict[str, tuple]:
+#: relative path -> (size, mtime in ns)
+Snapshot = Dict[str, Tuple[int, int]]
+
+
+def snapshot(root: Path) -> Snapshot:
     """relative path -> (size, mtime) of every regular file below ``root``."""
-    out = {}
+    out: Snapshot = {}
     for dirpath, _, filenames in os.walk(root):
         for f in filenames:
             path = os.path.join(dirpath, f)
@@ -93,7 +98,7 @@ class StepRecord:
     key: str
     hit: bool
     seconds: float
-    changed: tuple = ()
+    changed: Tuple[str, ...] = ()
 
 
 class LayerStore:
@@ -152,7 +157,8 @@ class LayerStore:
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
-    def save_hooks_delta(self, key: str, hooks: Path, before: Mapping[str, tuple]) -> None:
+    def save_hooks_delta(self, key: str, hooks: Path,
+                         before: Mapping[str, Tuple[int, int]]) -> None:
         """Keep the files a host step added to or changed in the hooks tree."""
         if self._index is None:
             return

@@ -13,7 +13,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
 
 from dib.errors import DibError, report
 
@@ -35,7 +35,7 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{prefix} {msg}"
 
 
-def setup(*, verbose: int = 0, quiet: bool = False, stream=None) -> None:
+def setup(*, verbose: int = 0, quiet: bool = False, stream: Optional[TextIO] = None) -> None:
     """Configure the root 'dib' logger for the console. Call once per process."""
     root = logging.getLogger("dib")
     root.setLevel(logging.DEBUG)
@@ -97,10 +97,10 @@ def logfile(path: Path) -> Iterator[Path]:
 class Timings:
     """Where the time went: (kind, name, seconds, extra) rows in the order they finished."""
 
-    rows: List[Tuple[str, str, float, dict]] = field(default_factory=list)
+    rows: List[Tuple[str, str, float, Dict[str, Any]]] = field(default_factory=list)
 
     @contextlib.contextmanager
-    def measure(self, kind: str, name: str, **extra) -> Iterator[dict]:
+    def measure(self, kind: str, name: str, **extra: Any) -> Iterator[Dict[str, Any]]:
         start = time.monotonic()
         info = dict(extra)
         try:
@@ -108,12 +108,12 @@ class Timings:
         finally:
             self.rows.append((kind, name, time.monotonic() - start, info))
 
-    def of(self, kind: str) -> List[Tuple[str, float, dict]]:
+    def of(self, kind: str) -> List[Tuple[str, float, Dict[str, Any]]]:
         return [(n, s, x) for k, n, s, x in self.rows if k == kind]
 
     def totals(self, kind: str) -> List[Tuple[str, float]]:
         """Seconds per name (a phase measured once per script is summed), first-seen order."""
-        sums: dict = {}
+        sums: Dict[str, float] = {}
         for name, secs, _ in self.of(kind):
             sums[name] = sums.get(name, 0.0) + secs
         return list(sums.items())

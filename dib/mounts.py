@@ -12,7 +12,7 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Iterator, List, Optional, Sequence
+from typing import ContextManager, Iterator, List, Optional, Sequence
 
 from dib import cmd
 from dib.errors import CommandFailed, DibError
@@ -120,7 +120,8 @@ def mounted(source: str, target: Path, *, fstype: Optional[str] = None,
         umount(target)
 
 
-def overlay(lowers: Sequence[Path], upper: Path, work: Path, target: Path):
+def overlay(lowers: Sequence[Path], upper: Path, work: Path,
+            target: Path) -> ContextManager[Path]:
     """An overlayfs at ``target``: ``lowers`` (top first) under the writable ``upper``.
 
     Layer paths are given relative to their common parent (the mount runs there), which keeps

@@ -35,7 +35,7 @@ import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
@@ -87,12 +87,13 @@ class Lists:
 
 # -- parsing ---------------------------------------------------------------------------------
 
-def _err(element: str, package: Optional[str], msg: str, hint: Optional[str] = None):
+def _err(element: str, package: Optional[str], msg: str,
+         hint: Optional[str] = None) -> PackageInstallsError:
     where = f"element '{element}'" + (f", package '{package}'" if package else "")
     return PackageInstallsError(f"package-installs: {where}: {msg}", hint=hint)
 
 
-def _arch_list(value, element: str, package: str, key: str) -> Tuple[str, ...]:
+def _arch_list(value: object, element: str, package: str, key: str) -> Tuple[str, ...]:
     if isinstance(value, str):
         items = value.split(",")
     elif isinstance(value, list) and all(isinstance(v, str) for v in value):
@@ -106,7 +107,7 @@ def _arch_list(value, element: str, package: str, key: str) -> Tuple[str, ...]:
     return out
 
 
-def _bool(value, element: str, package: str, key: str) -> bool:
+def _bool(value: object, element: str, package: str, key: str) -> bool:
     if isinstance(value, bool):
         return value
     if isinstance(value, str) and value.strip().lower() in ("true", "yes", "1", "false", "no",
@@ -115,7 +116,7 @@ def _bool(value, element: str, package: str, key: str) -> bool:
     raise _err(element, package, f"'{key}' must be true or false, not {value!r}")
 
 
-def _when(value, element: str, package: str) -> Tuple[Tuple[str, str, str], ...]:
+def _when(value: object, element: str, package: str) -> Tuple[Tuple[str, str, str], ...]:
     items = value if isinstance(value, list) else [value]
     out = []
     for item in items:
@@ -127,7 +128,7 @@ def _when(value, element: str, package: str) -> Tuple[Tuple[str, str, str], ...]
     return tuple(out)
 
 
-def parse(data, element: str) -> List[Spec]:
+def parse(data: Any, element: str) -> List[Spec]:
     """Validate one element's package-installs document into Specs."""
     if data is None:
         return []

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from dib.errors import ConfigError
 
@@ -37,7 +37,7 @@ def os_family(distro: str) -> Optional[str]:
     return FAMILIES.get(distro)
 
 
-def load(path: Path, element: str) -> Mapping:
+def load(path: Path, element: str) -> Mapping[str, Any]:
     try:
         data = json.loads(path.read_text())
     except ValueError as exc:
@@ -52,9 +52,10 @@ def load(path: Path, element: str) -> Mapping:
     return data
 
 
-def resolve(data: Mapping, distro: str, release: str, element: str = "?") -> Dict[str, str]:
+def resolve(data: Mapping[str, Any], distro: str, release: str,
+            element: str = "?") -> Dict[str, str]:
     """The effective ``name -> packages`` map for ``distro``/``release``."""
-    def section(value, where: str) -> Dict[str, str]:
+    def section(value: object, where: str) -> Dict[str, str]:
         if value is None:
             return {}
         if not isinstance(value, dict):

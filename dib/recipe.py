@@ -35,11 +35,14 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import yaml
 
 from dib.errors import ConfigError, DibError
+
+if TYPE_CHECKING:
+    from dib.config import BuildConfig
 
 log = logging.getLogger("dib.recipe")
 
@@ -341,7 +344,7 @@ def plan(argv: Sequence[str], environ: Mapping[str, str]) -> Tuple[List[Image], 
     return images, stop
 
 
-def _check(img: Image):
+def _check(img: Image) -> "BuildConfig":
     """Everything disk-image-create checks before it starts, for one image."""
     from dib import artifacts, config, element, resolver
 
@@ -355,7 +358,8 @@ def _check(img: Image):
         artifacts.check(cfg)
     except DibError as exc:
         setting, source = getattr(exc, "setting", None), getattr(exc, "source", None)
-        if setting is not None and setting.recipe and source in setting.flags \
+        if setting is not None and setting.recipe and isinstance(source, str) \
+                and source in setting.flags \
                 and exc.message.startswith(f"{source}: "):
             # given as a recipe key: name the key (the flag it became is in the hint)
             exc.message = f"'{setting.recipe}'{exc.message[len(source):]}"

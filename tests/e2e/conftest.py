@@ -84,8 +84,8 @@ class Builder:
         out.mkdir(parents=True, exist_ok=True)
         (self.base / "tmp").mkdir(exist_ok=True)
         argv = [sys.executable, str(ROOT / "bin" / "disk-image-create"), "-t", "tar",
-                "-o", str(out / name), "--image-cache", str(cache or self.cache), *self.no_cache, *args,
-                *elements]
+                "-o", str(out / name), "--image-cache", str(cache or self.cache), *self.no_cache,
+                *args, *elements]
         if netns:
             argv = ["unshare", "--net", *argv]
         started = time.monotonic()

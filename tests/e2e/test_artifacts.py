@@ -121,7 +121,7 @@ def vm_layer(vm, scratch) -> Path:
     return dest
 
 
-# -- podman, skopeo ---------------------------------------------------------------------------------
+# -- podman, skopeo -------------------------------------------------------------------------------
 
 @contextlib.contextmanager
 def podman(tmp: Path) -> Iterator[List[str]]:
@@ -178,7 +178,7 @@ def test_skopeo_inspects_the_oci_layout(vm):
     assert tagged.returncode == 0, tagged.stderr
 
 
-# -- vagrant ------------------------------------------------------------------------------------------
+# -- vagrant --------------------------------------------------------------------------------------
 
 def test_vagrant_box_add_and_list(vm, tmp_path):
     need("vagrant")
@@ -207,7 +207,7 @@ def test_vagrant_user_has_the_insecure_key(vm_layer):
     assert "NOPASSWD" in (vm_layer / "etc/sudoers.d/90-dib-vagrant").read_text()
 
 
-# -- libvirt -------------------------------------------------------------------------------------------
+# -- libvirt --------------------------------------------------------------------------------------
 
 def _pid(path: str) -> Optional[int]:
     try:
@@ -235,7 +235,7 @@ def libvirt_daemons() -> Iterator[None]:
     try:
         yield
     finally:
-        for daemon, pidfile, pid in reversed(started):
+        for _daemon, pidfile, pid in reversed(started):
             if pid is None:
                 continue
             with contextlib.suppress(ProcessLookupError):
@@ -269,7 +269,7 @@ def test_virsh_defines_the_domain(vm):
             assert undefine.returncode == 0 or define.returncode != 0, undefine.stderr
 
 
-# -- manifest and SBOM ---------------------------------------------------------------------------------
+# -- manifest and SBOM ----------------------------------------------------------------------------
 
 def _dpkg(tree: Path) -> set:
     out = run(["dpkg-query", f"--admindir={tree}/var/lib/dpkg", "-W", "-f",
@@ -313,7 +313,7 @@ def test_manifest(vm):
     assert m["timings"]["seconds"] > 0 and m["steps"]
 
 
-# -- --boot-test -------------------------------------------------------------------------------------
+# -- --boot-test ----------------------------------------------------------------------------------
 
 def test_boot_test_passes_for_the_good_image(vm, tmp_path):
     """The same build again with --boot-test: the finished image comes from the cache."""
@@ -372,7 +372,7 @@ def test_boot_test_fails_clearly_without_a_bootloader(vm, tmp_path):
     assert report["boot_test"]["failure"] == "timed out after 60 s"
 
 
-# -- a recipe of two images -----------------------------------------------------------------------------
+# -- a recipe of two images -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def recipe_build(scratch):

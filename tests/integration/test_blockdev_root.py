@@ -26,8 +26,8 @@ from dib import cmd
 from dib.blockdev import BlockDevice, Params, load_config
 from dib.blockdev.size import MiB
 from dib.errors import BlockDeviceError, CommandFailed, ConfigError
-from tests.lib.blockdev_configs import EFI_TREE
 from tests.lib import caps, leaks
+from tests.lib.blockdev_configs import EFI_TREE
 
 pytestmark = pytest.mark.root
 

@@ -15,8 +15,7 @@ from typing import Iterator
 import pytest
 
 from dib import mounts
-from dib.workdir import (GIB, PREFIX, build_tmpfs_mounts, current_tmpfs_plan,
-                         promised_bytes, workdir)
+from dib.workdir import GIB, PREFIX, build_tmpfs_mounts, current_tmpfs_plan, promised_bytes, workdir
 from tests.lib import caps, leaks
 
 pytestmark = pytest.mark.root

@@ -166,7 +166,7 @@ _LXC_UPSTREAM = """update_container_conf () {
     cp $DOCKLET_CONF/container/lxc$LXC_VERSION.container.conf $DOCKLET_CONF/container.conf
     cp $DOCKLET_CONF/container/lxc$LXC_VERSION.container.batch.conf $DOCKLET_CONF/container.batch.conf
 }
-"""
+"""  # noqa: E501 (upstream's script, verbatim)
 _LXC_PATCHED = _LXC_UPSTREAM.replace("      LXC_VERSION=2\n", "      LXC_VERSION=3\n")
 _LXC_BROKEN = """update_container_conf () {
     LXC_VERSION=$(lxc-start --version 2>/dev/null | cut -d. -f1)

@@ -97,7 +97,8 @@ def test_bad_settings_name_the_variable(name, value, match):
 
 def test_config_diff_id_is_the_layer_digest(layer):
     conf = json.loads(config_bytes(layer))
-    assert conf["rootfs"] == {"type": "layers", "diff_ids": [f"sha256:{sha(layer.path.read_bytes())}"]}
+    diff_id = f"sha256:{sha(layer.path.read_bytes())}"
+    assert conf["rootfs"] == {"type": "layers", "diff_ids": [diff_id]}
     assert conf["architecture"] == "amd64" and conf["os"] == "linux"
     assert conf["created"] == CREATED
     assert conf["config"]["Cmd"] == ["/bin/sh"]
@@ -199,7 +200,7 @@ def test_verify_oci_layout_finds_a_corrupt_blob(tmp_path, layer):
         f"blob {layer.digest} does not match its digest"]
 
 
-# -- directories as outputs -------------------------------------------------------------------------
+# -- directories as outputs -----------------------------------------------------------------------
 
 def test_atomic_directory_renames_the_old_one_aside(tmp_path):
     dest = tmp_path / "x.oci"

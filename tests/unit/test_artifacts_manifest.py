@@ -136,7 +136,8 @@ PKGS = [Package("hello", "2.10-3", "amd64", installed_kib=280),
 
 
 def test_purls():
-    assert manifest.purl(PKGS[0], DISTRO) == "pkg:deb/debian/hello@2.10-3?arch=amd64&distro=debian-12"
+    assert manifest.purl(PKGS[0], DISTRO) == \
+        "pkg:deb/debian/hello@2.10-3?arch=amd64&distro=debian-12"
     assert manifest.purl(PKGS[1], DISTRO) == (
         "pkg:deb/debian/libfoo1@1%3A1.2-3+b1?arch=amd64&distro=debian-12"
         "&upstream=foo%401%3A1.2-3")

@@ -22,8 +22,6 @@ from dib.blockdev.size import GiB, MiB, Percent, parse_abs_size, parse_size
 from dib.errors import ConfigError, NotYetSupported
 from tests.lib.blockdev_configs import EFI_TREE
 
-
-
 EFI_GRAPH = """
 - local_loop:
     name: image0

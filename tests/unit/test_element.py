@@ -10,7 +10,6 @@ from dib import element
 from dib.element import discover, search_path
 from dib.errors import DibError, InvalidElementDir
 
-
 # -- the search path -----------------------------------------------------------------------
 
 def test_earlier_entry_replaces_later_one_whole_and_warns_naming_both(make_elements, caplog):

@@ -39,7 +39,8 @@ def test_parse_deb822():
 
 
 def test_parse_deb822_skips_disabled_and_keeps_continuations():
-    text = f"Types: deb\nURIs: {OTHER}\nSuites: x\nEnabled: no\n\nTypes: deb deb-src\nURIs: {MAIN}\n" \
+    text = f"Types: deb\nURIs: {OTHER}\nSuites: x\nEnabled: no\n\n" \
+           f"Types: deb deb-src\nURIs: {MAIN}\n" \
            "Suites: bookworm\nComponents: main\n contrib\n"
     entries = mirror.parse_deb822(text)
     assert [e.uri for e in entries] == [MAIN]

@@ -140,8 +140,9 @@ def test_ubuntu_bootstrap_configuration():
 
 def test_debian_bootstrap_from_host_sources():
     env = env_of("debian-minimal")
-    host = mirror.parse_one_line("deb http://m.example.test/debian bookworm main\n"
-                                 "deb http://m.example.test/debian-security bookworm-security main\n")
+    host = mirror.parse_one_line(
+        "deb http://m.example.test/debian bookworm main\n"
+        "deb http://m.example.test/debian-security bookworm-security main\n")
     cfg = bootstrap.config_from_env(env, host_id="debian", host_sources=host,
                                     tool="mmdebstrap", tool_version="x")
     assert [n for n, _ in cfg.sources] == ["default", "updates", "security"]
@@ -197,7 +198,7 @@ def hooks():
 
 
 def test_hooks_are_executable_strict_bash_with_trace_switch():
-    for name, phase, f in hooks():
+    for _name, _phase, f in hooks():
         text = f.read_text()
         assert os.access(f, os.X_OK), f
         assert text.startswith("#!/bin/bash\n"), f

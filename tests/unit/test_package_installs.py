@@ -68,7 +68,8 @@ def test_when_equal_and_not_equal_with_spaces():
 
 
 def test_when_list_is_anded():
-    doc = "a:\n  when:\n    - FLAG=on\n    - DIB_RELEASE=bookworm\nb:\n  when: [FLAG=on, ARCH=arm64]\n"
+    doc = ("a:\n  when:\n    - FLAG=on\n    - DIB_RELEASE=bookworm\n"
+           "b:\n  when: [FLAG=on, ARCH=arm64]\n")
     assert names(lists(doc).install["install.d"]) == ["a"]
 
 

@@ -48,7 +48,7 @@ def test_missing_file(tmp_path):
         recipe.load(tmp_path / "nope.yaml")
 
 
-# -- keys -------------------------------------------------------------------------------------------
+# -- keys -----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry,message", [
     ({"imagename": "web", "elements": ["vm"], "size": 4},
@@ -222,7 +222,7 @@ def test_check_errors_name_the_image(tmp_path, extra, match):
     assert "r.yaml" in err.value.message
 
 
-# -- the command line --------------------------------------------------------------------------------
+# -- the command line -----------------------------------------------------------------------------
 
 def test_cli_reports_a_schema_error_and_builds_nothing(tmp_path, capsys):
     path = write(tmp_path, [{"imagename": str(tmp_path / "x"), "elements": ["fake-os"],

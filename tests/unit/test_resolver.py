@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from dib import resolver
-from dib.errors import (AlreadyProvided, DibError, ElementNotFound, MissingOperatingSystem)
+from dib.errors import AlreadyProvided, DibError, ElementNotFound, MissingOperatingSystem
 from dib.resolver import implicit_elements, resolve
 
 OS = {"provides": ["operating-system"]}

@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dib.workdir import (GIB, build_tmpfs_mounts, meminfo_bytes, plan_tmpfs,
-                         promised_bytes)
+from dib.workdir import GIB, build_tmpfs_mounts, meminfo_bytes, plan_tmpfs, promised_bytes
 
 MEMINFO = """MemTotal:       24576000 kB
 MemFree:         1234567 kB
