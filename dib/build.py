@@ -82,14 +82,14 @@ def _reuse_image(b: BuildContext, images: ArtifactCache, key: str) -> bool:
         log.info("writing %s (cached image)", dest)
         if fmt.is_directory:  # an OCI layout, kept in the cache as a tar
             artifacts.restore_directory(b, fmt, entry.path, dest)
-            b.has_esp = bool(entry.inputs.get("has_esp"))
+            b.record.has_esp = bool(entry.inputs.get("has_esp"))
             images.touch(entry.key)
             continue
         with b.timings.measure("output", f"{fmt.value} (cached)"), \
                 outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
             cmd.run(["cp", "--reflink=auto", "--sparse=always", entry.path, tmp])
         b.add_output(dest)
-        b.has_esp = bool(entry.inputs.get("has_esp"))
+        b.record.has_esp = bool(entry.inputs.get("has_esp"))
         images.touch(entry.key)
     return True
 
@@ -109,7 +109,7 @@ def _store_image(b: BuildContext, images: ArtifactCache, key: str,
 
 def _build(b: BuildContext, disk_config: Optional[str]) -> None:
     tree = LayeredTree(b.store.dir, b.wd.mnt)
-    tree_key = b.tree_key = steps.run_tree_steps(b, tree)
+    tree_key = b.record.tree_key = steps.run_tree_steps(b, tree)
     images = ArtifactCache(b.cfg.image_cache, "images") if b.store.enabled else None
     inputs = _image_inputs(b, tree_key, disk_config)
     key = layers.step_key(inputs)
@@ -121,7 +121,7 @@ def _build(b: BuildContext, disk_config: Optional[str]) -> None:
         with tree.view(b.wd.built) as view:
             disk.write_archives(b, view)
     else:
-        disk.build_disk(b, tree, disk_config)
+        b.record.has_esp = disk.build_disk(b, tree, disk_config, tree_key).has_esp
     if images is not None:
         with b.timings.measure("phase", "(cache image)"):
             _store_image(b, images, key, inputs)

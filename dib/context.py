@@ -1,5 +1,10 @@
-"""What one build knows while it runs: its configuration, resolution, work directory, hooks
-tree, hook environment, layer store, timings and outputs; and how it runs a phase there.
+"""What one build knows while it runs, and how it runs a phase there.
+
+* :class:`BuildContext`: what is fixed for the build -- configuration, resolution, work
+  directory, hooks tree, hook environment, layer store, break settings -- frozen, plus the
+  logs every part of the build appends to (timings, the tree's steps, the outputs written);
+* :class:`BuildRecord`: what the build learns as it goes (the finished tree's key, whether
+  the disk has an EFI system partition); only :mod:`dib.build` writes it.
 
 :mod:`dib.steps` (the tree's cached steps) and :mod:`dib.disk` (the disk image) receive a
 :class:`BuildContext`; :mod:`dib.build` makes it and tears it down.
@@ -10,9 +15,10 @@ import contextlib
 import logging
 import os
 import shlex
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional
+from typing import Dict, Iterator, List, Mapping, Optional
 
 import yaml
 
@@ -22,8 +28,8 @@ from dib import log as dlog
 from dib.config import BuildConfig
 from dib.errors import DibError
 from dib.layers import LayerStore, StepRecord
-from dib.phases import BY_NAME, Phase
-from dib.runparts import PhaseContext, phase_environment, run_phase
+from dib.phases import BY_NAME, Phase, of_stage
+from dib.runparts import Breaks, PhaseContext, Runner, phase_environment
 from dib.workdir import Workdir
 
 log = logging.getLogger("dib.build")
@@ -38,27 +44,55 @@ DROPPED_ENV = {"TMPDIR", "VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "PATH", "LD_
 
 
 @dataclass
+class BuildRecord:
+    """What the build has learned so far; written by :mod:`dib.build` only."""
+
+    #: the key of the finished tree (after the tree steps); seeds the disk's UUIDs
+    tree_key: str = ""
+    #: the disk has an EFI system partition (what :func:`dib.disk.build_disk` found, or
+    #: what the cached image recorded)
+    has_esp: bool = False
+
+
+@dataclass(frozen=True)
 class BuildContext:
+    """What is fixed for one build, and the logs its parts append to."""
+
     cfg: BuildConfig
     res: resolver.Resolution
     wd: Workdir
     tree_hooks: hooks.HooksTree
-    env: Dict[str, str]
+    #: what every hook sees before a phase adds its part (read-only)
+    env: Mapping[str, str]
     logfile: Path
     timings: dlog.Timings
     store: LayerStore
     #: a copy of the host's resolv.conf, bind-mounted into chroots
     resolv: Path
+    record: BuildRecord = field(default_factory=BuildRecord)
+    #: logs: every output written, every tree step with its cache outcome
     outputs: List[Path] = field(default_factory=list)
     steps: List[StepRecord] = field(default_factory=list)
-    #: the disk has an EFI system partition (set by dib.disk)
-    has_esp: bool = False
-    #: the key of the finished tree (set after the tree steps); seeds the disk's UUIDs
-    tree_key: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "env", types.MappingProxyType(dict(self.env)))
+
+    @property
+    def has_esp(self) -> bool:
+        return self.record.has_esp
+
+    @property
+    def tree_key(self) -> str:
+        return self.record.tree_key
 
     @property
     def chroot_cache(self) -> Path:
         return self.cfg.image_cache / "chroot"
+
+    @property
+    def breaks(self) -> Breaks:
+        return Breaks(self.cfg.break_points, self.cfg.break_cmd,
+                      self.cfg.break_outside_target, self.wd.base)
 
     def add_output(self, path: Path) -> None:
         self.outputs.append(path)
@@ -72,8 +106,9 @@ class BuildContext:
 
     # -- phases ------------------------------------------------------------------------
 
-    def phase_env(self, phase: Phase, root: Path) -> Dict[str, str]:
-        env = dict(self.env)
+    def phase_env(self, phase: Phase, root: Path,
+                  extra: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+        env = {**self.env, **(extra or {})}
         if phase.target_root:
             env["TARGET_ROOT"] = os.fspath(root)
         if phase.in_chroot:
@@ -84,46 +119,34 @@ class BuildContext:
             env["PYTHONPATH"] = DIB_IMPORT_ROOT
         return env
 
-    def context(self, name: str, root: Path) -> PhaseContext:
+    def context(self, name: str, root: Path,
+                env: Optional[Mapping[str, str]] = None) -> PhaseContext:
+        """Phase ``name`` on ``root``; ``env``: variables beyond the hook environment (the
+        block device's, for the disk and final phases)."""
         phase = BY_NAME[name]
-        return PhaseContext(phase, self.tree_hooks, self.phase_env(phase, root),
+        return PhaseContext(phase, self.tree_hooks, self.phase_env(phase, root, env),
                             root=root if phase.in_chroot else None, logfile=self.logfile,
-                            break_points=self.cfg.break_points)
+                            breaks=self.breaks)
 
-    def run(self, name: str, root: Path) -> None:
+    def runner(self, name: str, root: Path,
+               env: Optional[Mapping[str, str]] = None) -> Runner:
+        return Runner(self.context(name, root, env), self.timings)
+
+    def run(self, name: str, root: Path, env: Optional[Mapping[str, str]] = None) -> None:
         """Run a whole phase (with its break points) on ``root``."""
-        ctx = self.context(name, root)
-        self.maybe_break(f"before-{ctx.phase.short}", ctx)
-        with self.timings.measure("phase", name):
-            run_phase(ctx, self.timings, open_shell=lambda why: self.open_shell(why, ctx))
-        self.maybe_break(f"after-{ctx.phase.short}", ctx)
+        self.runner(name, root, env).run()
+
+    def run_final(self, root: Path, env: Optional[Mapping[str, str]] = None) -> None:
+        """The ``final`` stage's phases on ``root``, with its chroot mounts; ``env``: the
+        block device's variables, on a disk."""
+        with self.chroot(root):
+            for phase in of_stage("final"):
+                if self.has_work(phase.name):
+                    self.run(phase.name, root, env)
 
     def has_work(self, name: str) -> bool:
-        phase = BY_NAME[name]
-        return bool(self.tree_hooks.scripts(name)) or self.has_break(phase)
-
-    def has_break(self, phase: Phase) -> bool:
-        return any(p in self.cfg.break_points
-                   for p in (f"before-{phase.short}", f"after-{phase.short}"))
-
-    # -- debugging -----------------------------------------------------------------------
-
-    def maybe_break(self, point: str, ctx: PhaseContext) -> None:
-        if point in self.cfg.break_points:
-            self.open_shell(point, ctx)
-
-    def open_shell(self, why: str, ctx: PhaseContext) -> None:
-        inside = ctx.phase.in_chroot and not self.cfg.break_outside_target
-        shell = self.cfg.break_cmd
-        log.warning("break (%s): starting %s %s; exit the shell to continue", why, shell,
-                    f"in the chroot {ctx.root}" if inside else f"in {self.wd.base}")
-        env = phase_environment(ctx)
-        argv = shlex.split(shell)
-        if inside:
-            assert ctx.root is not None
-            argv = chroot.chroot_argv(ctx.root, argv)
-        cmd.run(argv, env=env, interactive=True, check=False,
-                cwd=None if inside else self.wd.base)
+        """Phase ``name`` has scripts, or a break point around it."""
+        return bool(self.tree_hooks.scripts(name)) or self.breaks.around(BY_NAME[name])
 
     def install_extra_packages(self, root: Path) -> None:
         """``-p``: install-packages in the chroot, once, after install.d."""

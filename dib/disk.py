@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Dict, Mapping
 
 from dib import artifacts, blockdev, cmd, dibcompat, outputs, resolver
 from dib.blockdev.partition import PartitioningSpec
 from dib.config import BuildConfig, ImageFormat
 from dib.context import BuildContext, finish_tree
 from dib.errors import CommandFailed, ConfigError, DibError
-from dib.steps import FINAL_PHASES
+from dib.phases import of_stage
 from dib.tree import LayeredTree
 
 log = logging.getLogger("dib.build")
@@ -105,8 +107,29 @@ def _copy_tree(tree: Path, dest: Path, tree_bytes: int, disk_bytes: int) -> None
                        "DIB_IMAGE_EXTRA_SIZE=<MiB> or --image-size <GiB>") from None
 
 
-def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
-    """Lay the tree onto the block device, run the final phases there, write the outputs."""
+@dataclass(frozen=True)
+class DiskResult:
+    """What :func:`build_disk` learned."""
+
+    #: the raw disk file (in the work directory)
+    raw: Path
+    #: the disk has an EFI system partition
+    has_esp: bool
+    #: the block device's variables the disk and final phases saw (IMAGE_BLOCK_DEVICE, ...)
+    env: Mapping[str, str]
+
+
+def has_esp(config: "blockdev.Config") -> bool:
+    """The block-device config makes an EFI system partition."""
+    return any(str(p.type).upper() in ESP_TYPES for spec in config.ordered()
+               if isinstance(spec, PartitioningSpec) for p in spec.partitions)
+
+
+def build_disk(b: BuildContext, tree: LayeredTree, config_text: str,
+               tree_key: str) -> DiskResult:
+    """Lay the tree onto the block device, run the disk and final phases there, write the
+    outputs. ``tree_key`` seeds the filesystems' UUIDs unless DIB_BLOCK_DEVICE_UUID_SEED is
+    set."""
     cfg, wd = b.cfg, b.wd
     root_label = b.env["DIB_ROOT_LABEL"]
     with tree.view(wd.built) as view, contextlib.ExitStack() as disk:
@@ -115,13 +138,11 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
         probe = blockdev.Params(image_dir=wd.image, mount_base=wd.mnt, image_size=None,
                                 root_fs_type=cfg.fs_type, root_label=root_label,
                                 root_mkfs_opts=cfg.root_mkfs_options,
-                                block_size=cfg.block_size, uuid_seed=cfg.uuid_seed or b.tree_key)
+                                block_size=cfg.block_size, uuid_seed=cfg.uuid_seed or tree_key)
         config = blockdev.load_config(config_text, probe)
         size = image_size(cfg, tree_bytes, config)
         params = blockdev.Params(**{**probe.__dict__, "image_size": size})
         config = blockdev.load_config(config_text, params)
-        b.has_esp = any(str(p.type).upper() in ESP_TYPES for spec in config.ordered()
-                        if isinstance(spec, PartitioningSpec) for p in spec.partitions)
         log.info("disk: %d MiB for a %d MiB tree", size >> 20, tree_bytes >> 20)
         with b.timings.measure("phase", "(block device)"):
             state = blockdev.BlockDevice(config, params).create(disk)
@@ -129,25 +150,24 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str) -> None:
             _copy_tree(view, wd.mnt, tree_bytes, size)
         (wd.mnt / "etc").mkdir(exist_ok=True)
         (wd.mnt / "etc" / "fstab").write_text(state.fstab())
-        b.env.update({
+        raw = state.image_files[config.loops[0].name]
+        env: Dict[str, str] = {
             "DIB_ROOT_LABEL": state.root_label or root_label,
             "DIB_ROOT_FSTYPE": state.root_fstype or cfg.fs_type,
-            **dibcompat.disk_created(wd.base, image_path=state.image_files[config.loops[0].name],
+            **dibcompat.disk_created(wd.base, image_path=raw,
                                      image_block_device=state.image_block_device,
                                      image_block_devices=state.image_block_devices,
                                      image_size=size),
-        })
-        if b.has_work("block-device.d"):
-            b.run("block-device.d", wd.mnt)
-        with b.chroot(wd.mnt):
-            for name in FINAL_PHASES:
-                if b.has_work(name):
-                    b.run(name, wd.mnt)
+        }
+        for phase in of_stage("disk"):
+            if b.has_work(phase.name):
+                b.run(phase.name, wd.mnt, env)
+        b.run_final(wd.mnt, env)
         finish_tree(wd.mnt)
         write_archives(b, wd.mnt)
-        raw = state.image_files[config.loops[0].name]
     # the disk stack has unmounted, written the ESP and detached: the raw file is complete
     _convert_disks(b, raw)
+    return DiskResult(raw, has_esp(config), env)
 
 
 def _convert_disks(b: BuildContext, raw: Path) -> None:

@@ -22,15 +22,14 @@ from dib import content_keys, layers
 from dib.cache import file_sha256
 from dib.context import BuildContext, finish_tree
 from dib.errors import ConfigError, DibError
+from dib.hooks import Script
 from dib.layers import StepRecord
-from dib.phases import BY_NAME, PHASE_NAMES
-from dib.runparts import phase_environment, run_script
+from dib.phases import PHASE_NAMES, Phase, of_stage
+from dib.runparts import Runner
 from dib.tree import LayeredTree
 
 log = logging.getLogger("dib.build")
 
-SCRIPT_PHASES = ("pre-install.d", "install.d", "post-install.d", "post-root.d")
-FINAL_PHASES = ("pre-finalise.d", "finalise.d", "cleanup.d")
 #: element files that cannot change the image (documentation, the element's own tests)
 NOT_INPUTS = ("README.rst", "README.md", "tests", "test-elements")
 
@@ -47,7 +46,7 @@ class Chain:
             e.path, skip_top=PHASE_NAMES + NOT_INPUTS) for e in b.res.ordered()})
         self.shared = ""
         self.declared = content_keys.load({e.name: e.path for e in b.res.ordered()},
-                                          SCRIPT_PHASES)
+                                          [p.name for p in of_stage("tree") if p.script_steps])
 
     def inputs(self, step: str, **extra: Any) -> Dict[str, Any]:
         return {"prev": self.prev, "step": step, "build": self.build,
@@ -153,22 +152,26 @@ def _extra_data_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
     chain.shared = layers.tree_digest(b.wd.hooks, skip_top=PHASE_NAMES + ("dib-elements.json",))
 
 
-def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) -> None:
-    ctx_phase = BY_NAME[phase]
-    env: Optional[Dict[str, str]] = None
-    if b.has_break(ctx_phase):
-        _shell_step(b, tree, f"before-{ctx_phase.short}", phase)
-    for script in b.tree_hooks.scripts(phase):
-        step_id = f"{phase}/{script.name}"
+def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase) -> None:
+    """Every script of ``phase`` a cached step of its own, run by one :class:`Runner` (so
+    environment.d is sourced once, on the first miss); the phase's break points open in the
+    first and the last script's step (break= disables the cache, so every step runs)."""
+    scripts = b.tree_hooks.scripts(phase.name)
+    runner: Optional[Runner] = None
 
-        def body(mnt: Path, script=script) -> None:
-            nonlocal env
-            ctx = b.context(phase, mnt)
-            if env is None:  # environment.d: sourced once per phase, on the first miss
-                env = phase_environment(ctx)
-            with b.timings.measure("phase", phase):
-                run_script(ctx, script, env, b.timings,
-                           open_shell=lambda why: b.open_shell(why, ctx))
+    def run(mnt: Path, part: Tuple[Script, ...], first: bool, last: bool) -> None:
+        nonlocal runner
+        if runner is None:
+            runner = b.runner(phase.name, mnt)
+        runner.run(part, before=first, after=last)
+
+    if not scripts and b.breaks.around(phase):
+        _shell_step(b, tree, phase, lambda mnt: run(mnt, (), True, True))
+    for i, script in enumerate(scripts):
+        step_id = f"{phase.name}/{script.name}"
+
+        def body(mnt: Path, script: Script = script, i: int = i) -> None:
+            run(mnt, (script,), i == 0, i == len(scripts) - 1)
 
         inputs = chain.inputs(step_id, element=script.element,
                               script=file_sha256(script.path))
@@ -179,12 +182,10 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: str) 
                               hint="an element may declare only its own scripts")
         if decl is not None and b.store.enabled:
             chain.prev = _content_step(b, tree, chain, decl, inputs, body,
-                                       host=not ctx_phase.in_chroot)
+                                       host=not phase.in_chroot)
         else:
-            chain.prev = _step(b, tree, step_id, inputs, body, host=not ctx_phase.in_chroot)
-    if b.has_break(ctx_phase):
-        _shell_step(b, tree, f"after-{ctx_phase.short}", phase)
-    if phase == "install.d" and b.cfg.packages:
+            chain.prev = _step(b, tree, step_id, inputs, body, host=not phase.in_chroot)
+    if phase.name == "install.d" and b.cfg.packages:
         chain.prev = _step(b, tree, "-p", chain.inputs("-p"), b.install_extra_packages)
 
 
@@ -201,23 +202,28 @@ def _content_step(b: BuildContext, tree: LayeredTree, chain: Chain,
     return layers.step_key({"prev": chain.prev, "step": decl.step, "layer": key})
 
 
-def _shell_step(b: BuildContext, tree: LayeredTree, point: str, phase: str) -> None:
-    """A break point between steps: a shell on the tree (break= disables the cache)."""
-    if point not in b.cfg.break_points:
-        return
-    with b.store.new_upper(point) as upper:
+def _shell_step(b: BuildContext, tree: LayeredTree, phase: Phase,
+                body: Callable[[Path], None]) -> None:
+    """A phase with no scripts but a break point: its shell(s) on the tree, in a layer
+    of their own (break= disables the cache)."""
+    with b.store.new_upper(f"break-{phase.short}") as upper:
         with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
-            b.open_shell(point, b.context(phase, mnt))
+            body(mnt)
         tree.add_layer(upper)
 
 
 def run_tree_steps(b: BuildContext, tree: LayeredTree) -> str:
-    """root.d through post-root.d; returns the key of the finished tree."""
+    """The phases of the ``tree`` stage, root.d through post-root.d; returns the key of the
+    finished tree."""
     chain = Chain(b)
-    _root_step(b, tree, chain)
-    _extra_data_step(b, tree, chain)
-    for phase in SCRIPT_PHASES:
-        _script_steps(b, tree, chain, phase)
+    for phase in of_stage("tree"):
+        if phase.name == "root.d":
+            _root_step(b, tree, chain)
+        elif phase.name == "extra-data.d":
+            _extra_data_step(b, tree, chain)
+        else:
+            assert phase.script_steps, phase.name
+            _script_steps(b, tree, chain, phase)
     return layers.step_key({"tree": chain.prev, "shared": chain.shared})
 
 
@@ -227,10 +233,7 @@ def finalise_tree_only(b: BuildContext, tree: LayeredTree) -> None:
         log.info("no disk output requested: block-device.d skipped")
     with b.store.new_upper("final") as upper:
         with tree.write_step(upper, b.store.work_dir(upper)) as mnt:
-            with b.chroot(mnt):
-                for name in FINAL_PHASES:
-                    if b.has_work(name):
-                        b.run(name, mnt)
+            b.run_final(mnt)
             finish_tree(mnt)
         tree.add_layer(upper)
 
@@ -238,6 +241,5 @@ def finalise_tree_only(b: BuildContext, tree: LayeredTree) -> None:
 def final_scripts_digest(b: BuildContext) -> Dict[str, str]:
     """The scripts of the phases after the tree (part of a finished image's key)."""
     return {f"{s.phase}/{s.name}": file_sha256(s.path)
-            for phase in ("block-device.d",) + FINAL_PHASES
-            for s in b.tree_hooks.scripts(phase)}
-
+            for phase in of_stage("disk", "final")
+            for s in b.tree_hooks.scripts(phase.name)}
