@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lib import builds
+from tests.lib import builds, dibref
 from tests.lib.elements import make_element
 
 HOST_HOOK = """
@@ -46,14 +46,7 @@ def _library(base: Path) -> Path:
     out = subprocess.run([os.fspath(base / "venv" / "bin" / "python3"), "-c",
                           "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          capture_output=True, text=True, check=True).stdout.strip()
-    pkg = Path(out) / "diskimage_builder"
-    (pkg / "lib").mkdir(parents=True)
-    (pkg / "lib" / "disk-image-create").write_text("#!/bin/bash\n")
-    (pkg / "__init__.py").write_text("")
-    (pkg / "paths.py").write_text(
-        "import os\n"
-        "def get_path(var):\n"
-        "    return os.path.abspath(os.path.join(os.path.dirname(__file__), var))\n")
+    pkg = dibref.fake_package(Path(out))
     elements = pkg / "elements"
     make_element(elements, "t-dibl", deps=["t-dup"],
                  hooks={"extra-data.d": {"50-t-dibl": HOST_HOOK},

@@ -18,3 +18,17 @@ PYTHON = VENV / "bin" / "python"
 #: what to run when the reference is missing
 SETUP_HINT = (f"run `python3 bin/dib-host-setup --test` (or set DIB_REFERENCE_VENV to a venv "
               f"with diskimage-builder=={VERSION})")
+
+
+def fake_package(site: Path) -> Path:
+    """A stand-in diskimage_builder package below ``site`` (its ``lib/`` and the
+    ``paths.get_path`` that dib's probe asks); returns the package directory."""
+    pkg = site / "diskimage_builder"
+    (pkg / "lib").mkdir(parents=True)
+    (pkg / "lib" / "disk-image-create").write_text("#!/bin/bash\n")
+    (pkg / "__init__.py").write_text("")
+    (pkg / "paths.py").write_text(
+        "import os\n"
+        "def get_path(var):\n"
+        "    return os.path.abspath(os.path.join(os.path.dirname(__file__), var))\n")
+    return pkg

@@ -13,6 +13,7 @@ import yaml
 
 from dib import blockdev, cli, dibcompat, element
 from dib.errors import DibError
+from tests.lib import dibref
 
 SUDO = dibcompat.HOOKBIN / "sudo"
 BLOCK_DEVICE = dibcompat.HOOKBIN / "dib-block-device"
@@ -21,14 +22,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def _fake_library(site: Path, elements=("t-lib",), needs_python=True) -> Path:
     """A diskimage_builder package below ``site`` with elements; returns the package."""
-    pkg = site / "diskimage_builder"
-    (pkg / "lib").mkdir(parents=True)
-    (pkg / "lib" / "disk-image-create").write_text("#!/bin/bash\n")
-    (pkg / "__init__.py").write_text("")
-    (pkg / "paths.py").write_text(
-        "import os\n"
-        "def get_path(var):\n"
-        "    return os.path.abspath(os.path.join(os.path.dirname(__file__), var))\n")
+    pkg = dibref.fake_package(site)
     for name in elements:
         hook = pkg / "elements" / name / "extra-data.d" / f"10-{name}"
         hook.parent.mkdir(parents=True)
