@@ -34,9 +34,9 @@ from dib.errors import ConfigError, NotYetSupported
 from dib.phases import BREAK_POINTS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dib.artifacts.container import ContainerSettings
-    from dib.artifacts.libvirt import DomainSettings
-    from dib.artifacts.vagrant import VagrantSettings
+    from dib.outputs.container import ContainerSettings
+    from dib.outputs.libvirt import DomainSettings
+    from dib.outputs.vagrant import VagrantSettings
 
 
 class ImageFormat(str, enum.Enum):
@@ -295,7 +295,7 @@ def _root_label(value: str) -> str:
 
 
 def _docker_target(value: str) -> str:
-    from dib.artifacts import container
+    from dib.outputs import container
 
     try:
         container.parse_reference(value, what="")
@@ -831,9 +831,9 @@ def parse_args(argv: List[str], environ: Mapping[str, str]) -> BuildConfig:
 
 def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str],
                   env: Dict[str, str]) -> BuildConfig:
-    from dib.artifacts.container import ContainerSettings
-    from dib.artifacts.libvirt import DomainSettings
-    from dib.artifacts.vagrant import VagrantSettings
+    from dib.outputs.container import ContainerSettings
+    from dib.outputs.libvirt import DomainSettings
+    from dib.outputs.vagrant import VagrantSettings
 
     formats: Tuple[ImageFormat, ...] = v["types"]
     if v["boot_test"] and not any(f.is_qemu_disk for f in formats):
@@ -926,7 +926,7 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
 
 def group_values(env: Mapping[str, str], prefix: str) -> Dict[str, Any]:
     """The parsed values of the settings named ``<prefix>_*`` from ``env`` alone (for the
-    settings classes of dib.artifacts, whose ``from_env`` use the same table)."""
+    settings classes of dib.outputs, whose ``from_env`` use the same table)."""
     return {s.name[len(prefix) + 1:]: setting_value(s, None, env) for s in SETTINGS
             if s.name.startswith(prefix + "_")}
 

@@ -16,7 +16,7 @@ from typing import Dict, Iterator, List, Optional
 
 import yaml
 
-from dib import chroot, cmd, dibcompat, element, hooks, outputs, resolver
+from dib import chroot, cmd, dibcompat, element, hooks, resolver
 from dib import blockdev
 from dib import log as dlog
 from dib.config import BuildConfig
@@ -59,10 +59,6 @@ class BuildContext:
     @property
     def chroot_cache(self) -> Path:
         return self.cfg.image_cache / "chroot"
-
-    def add_output(self, path: Path) -> None:
-        self.outputs.append(path)
-        self.outputs.extend(outputs.write_checksums(path, self.cfg.checksums))
 
     @contextlib.contextmanager
     def chroot(self, root: Path) -> Iterator[Path]:

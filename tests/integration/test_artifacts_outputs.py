@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from dib.cache import file_sha256
-from dib.artifacts import container, vagrant
+from dib.outputs import container, vagrant
 from tests.lib import builds
 
 SECRET = "s3cr3t-value"
