@@ -50,6 +50,7 @@ class ImageFormat(str, enum.Enum):
     VAGRANT = "vagrant"
     DOCKER = "docker"
     OCI = "oci"
+    VHDX = "vhdx"
 
     @property
     def is_disk(self) -> bool:
@@ -448,7 +449,7 @@ SETTINGS: Tuple[Setting, ...] = (
     _s("image_name", "output base name; with one -t, a trailing .<type> is dropped", ("-o",),
        "imagename", ("IMAGE_NAME",), parse=_image_name, default="image", metavar="NAME",
        accepts="a file name (its directory must be writable)", bad="out/", good="out/web"),
-    _s("types", "output types, comma separated: qcow2, raw, vmdk, vhd, vdi, tar, tgz, "
+    _s("types", "output types, comma separated: qcow2, raw, vmdk, vhd, vdi, vhdx, tar, tgz, "
        "vagrant (.box), docker (.docker.tar), oci (layout directory); docs/artifacts.md", ("-t",), "types",
        kind="list", parse=_formats, default="qcow2", metavar="TYPES",
        accepts="a comma-separated list of " + ", ".join(f.value for f in ImageFormat),
