@@ -51,6 +51,7 @@ class ImageFormat(str, enum.Enum):
     DOCKER = "docker"
     OCI = "oci"
     VHDX = "vhdx"
+    OVA = "ova"
 
     @property
     def is_disk(self) -> bool:
@@ -450,7 +451,8 @@ SETTINGS: Tuple[Setting, ...] = (
        "imagename", ("IMAGE_NAME",), parse=_image_name, default="image", metavar="NAME",
        accepts="a file name (its directory must be writable)", bad="out/", good="out/web"),
     _s("types", "output types, comma separated: qcow2, raw, vmdk, vhd, vdi, vhdx, tar, tgz, "
-       "vagrant (.box), docker (.docker.tar), oci (layout directory); docs/artifacts.md", ("-t",), "types",
+       "vagrant (.box), docker (.docker.tar), oci (layout directory), ova (OVF + VMDK); "
+       "docs/artifacts.md", ("-t",), "types",
        kind="list", parse=_formats, default="qcow2", metavar="TYPES",
        accepts="a comma-separated list of " + ", ".join(f.value for f in ImageFormat),
        bad="qcow3", good="raw,tar"),

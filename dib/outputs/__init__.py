@@ -11,6 +11,7 @@ module              outputs                                                     
 :mod:`.container`   ``-t docker`` (docker-archive), ``-t oci`` (image layout)     tree
 :mod:`.qemu`        ``-t qcow2,raw,vmdk,vhd,vdi``: ``qemu-img convert``           disk
 :mod:`.vhdx`        ``-t vhdx``: Hyper-V / Azure (dynamic VHDX)                   disk
+:mod:`.ova`         ``-t ova``: OVF descriptor + streamOptimized VMDK (+ .mf)     disk
 :mod:`.vagrant`     ``-t vagrant``: a vagrant-libvirt box                         disk
 :mod:`.libvirt`     ``<image>.xml``: a libvirt domain for the disk output         outputs
 :mod:`.manifest`    ``<image>.d/manifest.json``, ``sbom.cdx.json``                tree
@@ -35,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from dib.cache import ArtifactCache
 from dib.config import BuildConfig, ImageFormat
-from dib.outputs import container, libvirt, manifest, qemu, tar, vagrant, vhdx
+from dib.outputs import container, libvirt, manifest, ova, qemu, tar, vagrant, vhdx
 from dib.outputs.base import Family, Needs, Run
 from dib.outputs.manifest import BuildSummary, TreeFacts
 
@@ -47,7 +48,7 @@ log = logging.getLogger("dib.outputs")
 #: every family, in the order the pipeline writes them (vagrant after qemu: it reuses the
 #: -t qcow2 output)
 FAMILIES: Tuple[Family, ...] = (tar.FAMILY, container.FAMILY, qemu.FAMILY, vhdx.FAMILY,
-                                vagrant.FAMILY)
+                                ova.FAMILY, vagrant.FAMILY)
 
 
 def family_of(fmt: ImageFormat) -> Family:

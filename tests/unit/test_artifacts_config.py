@@ -30,7 +30,8 @@ def test_new_types_parse_and_are_named():
     ("qcow2", True, True, False), ("raw", True, True, False), ("vhd", True, True, False),
     ("tar", False, False, False), ("tgz", False, False, False),
     ("docker", False, False, False), ("oci", False, False, True),
-    ("vagrant", True, False, False), ("vhdx", True, False, False)])
+    ("vagrant", True, False, False), ("vhdx", True, False, False),
+    ("ova", True, False, False)])
 def test_format_kinds(fmt, disk, qemu, directory):
     f = ImageFormat(fmt)
     assert (f.is_disk, f.is_qemu_disk, f.is_directory) == (disk, qemu, directory)
