@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from dib import __version__, chroot, cmd, disk, element, hooks, interrupt, layers
 from dib import log as dlog
 from dib import outputs, resolver, steps
-from dib import artifacts
 from dib.cache import ArtifactCache
 from dib import config
 from dib.config import BuildConfig, describe
@@ -69,63 +68,31 @@ def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) ->
             "size": [cfg.image_size_gib, cfg.image_extra_size_mib], "fs_type": cfg.fs_type,
             "root_label": cfg.root_label, "mkfs_options": cfg.root_mkfs_options,
             "block_size": cfg.block_size, "seed": cfg.uuid_seed,
-            **({"artifacts": extra} if (extra := artifacts.cache_inputs(cfg)) else {})}
+            **({"artifacts": extra} if (extra := outputs.cache_inputs(cfg)) else {})}
 
 
-def _reuse_image(b: BuildContext, images: ArtifactCache, key: str) -> bool:
-    """Copy the cached outputs for ``key`` into place, if every one of them is cached."""
-    entries = [images.get(f"{key}-{f.value}") for f in b.cfg.formats]
-    if any(e is None for e in entries):
-        return False
-    for fmt, entry in zip(b.cfg.formats, entries):
-        dest = b.cfg.output_path(fmt)
-        log.info("writing %s (cached image)", dest)
-        if fmt.is_directory:  # an OCI layout, kept in the cache as a tar
-            artifacts.restore_directory(b, fmt, entry.path, dest)
-            b.record.has_esp = bool(entry.inputs.get("has_esp"))
-            images.touch(entry.key)
-            continue
-        with b.timings.measure("output", f"{fmt.value} (cached)"), \
-                outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
-            cmd.run(["cp", "--reflink=auto", "--sparse=always", entry.path, tmp])
-        b.add_output(dest)
-        b.record.has_esp = bool(entry.inputs.get("has_esp"))
-        images.touch(entry.key)
-    return True
-
-
-def _store_image(b: BuildContext, images: ArtifactCache, key: str,
-                 inputs: Dict[str, Any]) -> None:
-    for fmt in b.cfg.formats:
-        src = b.cfg.output_path(fmt)
-        if fmt.is_directory:  # an OCI layout: cached as a tar of it
-            images.store(f"{key}-{fmt.value}", ".tar", {**inputs, "has_esp": b.has_esp},
-                         lambda tmp, src=src: artifacts.pack_directory(src, tmp))
-            continue
-        images.store(f"{key}-{fmt.value}", f".{fmt.value}", {**inputs, "has_esp": b.has_esp},
-                     lambda tmp, src=src: cmd.run(["cp", "--reflink=auto", "--sparse=always",
-                                                   src, tmp]))
-
-
-def _build(b: BuildContext, disk_config: Optional[str]) -> None:
+def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> None:
     tree = LayeredTree(b.store.dir, b.wd.mnt)
     tree_key = b.record.tree_key = steps.run_tree_steps(b, tree)
     images = ArtifactCache(b.cfg.image_cache, "images") if b.store.enabled else None
     inputs = _image_inputs(b, tree_key, disk_config)
     key = layers.step_key(inputs)
-    if images is not None and artifacts.restore_state(b, images, key) \
-            and _reuse_image(b, images, key):
+    if images is not None and outputs.restore(run, images, key):
+        b.record.has_esp = run.has_esp
         return
     if disk_config is None:
         steps.finalise_tree_only(b, tree)
         with tree.view(b.wd.built) as view:
-            disk.write_archives(b, view)
+            outputs.write_tree(run, view)
     else:
-        b.record.has_esp = disk.build_disk(b, tree, disk_config, tree_key).has_esp
+        # the tree outputs are written from the finished disk's mounted root filesystem
+        result = disk.build_disk(b, tree, disk_config, tree_key,
+                                 tree_outputs=lambda root: outputs.write_tree(run, root))
+        b.record.has_esp = run.has_esp = result.has_esp
+        outputs.write_disk(run, result.raw)
     if images is not None:
         with b.timings.measure("phase", "(cache image)"):
-            _store_image(b, images, key, inputs)
-            artifacts.store_state(b, images, key)
+            outputs.store(run, images, key, inputs)
 
 
 def build_image(cfg: BuildConfig) -> BuildResult:
@@ -134,7 +101,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     catalogue = element.discover(element.search_path(cfg.elements_path))
     names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base, arch=cfg.arch)
     res = resolver.resolve(names, catalogue)
-    artifacts.check(cfg)
+    outputs.check(cfg)
     _check_host(cfg)
     disk_config = disk.block_device_config_text(cfg, res) if cfg.needs_block_device else None
     if disk_config is not None:
@@ -147,6 +114,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     started = time.time()
     status, error = "failed", None
     b: Optional[BuildContext] = None
+    run: Optional[outputs.Run] = None
     with dlog.logfile(logfile), interrupt.signals_raise() as guard:
         log.info("dib %s: %s", __version__, describe(cfg))
         log.info("elements: %s", " ".join(res.order))
@@ -165,7 +133,8 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                                  hook_environment(cfg, res, wd, catalogue, disk_config),
                                  logfile, timings,
                                  store, chroot.host_resolv_copy(wd.base / "resolv.conf"))
-                _build(b, disk_config)
+                run = outputs.Run(cfg, timings, tuple(res.order), written=b.outputs)
+                _build(b, run, disk_config)
             status = "ok"
         except DibError as exc:
             error = str(exc)
@@ -187,7 +156,12 @@ def build_image(cfg: BuildConfig) -> BuildResult:
         hits = sum(1 for s in b.steps if s.hit)
         log.info("build completed successfully (%d of %d steps from the cache)", hits,
                  len(b.steps))
-        artifacts.write_sidecars(b, time.time() - started)
+        assert run is not None
+        outputs.finish(run, outputs.BuildSummary(
+            elements={n: res.elements[n].path for n in res.order},
+            steps=[(s.label, s.hit, s.seconds) for s in b.steps],
+            cache_enabled=b.store.enabled, tree_key=b.tree_key,
+            seconds=time.time() - started))
         if cfg.boot_test:
             _boot_test(cfg, uefi=b.has_esp, timings=timings, report_path=report_path)
     return BuildResult(b.outputs, report_path, logfile)

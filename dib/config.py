@@ -33,9 +33,9 @@ from dib.errors import ConfigError, NotYetSupported
 from dib.phases import BREAK_POINTS
 
 if TYPE_CHECKING:  # pragma: no cover
-    from dib.artifacts.container import ContainerSettings
-    from dib.artifacts.libvirt import DomainSettings
-    from dib.artifacts.vagrant import VagrantSettings
+    from dib.outputs.container import ContainerSettings
+    from dib.outputs.libvirt import DomainSettings
+    from dib.outputs.vagrant import VagrantSettings
 
 
 class ImageFormat(str, enum.Enum):
@@ -49,6 +49,8 @@ class ImageFormat(str, enum.Enum):
     VAGRANT = "vagrant"
     DOCKER = "docker"
     OCI = "oci"
+    VHDX = "vhdx"
+    OVA = "ova"
 
     @property
     def is_disk(self) -> bool:
@@ -294,7 +296,7 @@ def _root_label(value: str) -> str:
 
 
 def _docker_target(value: str) -> str:
-    from dib.artifacts import container
+    from dib.outputs import container
 
     try:
         container.parse_reference(value, what="")
@@ -447,9 +449,9 @@ SETTINGS: Tuple[Setting, ...] = (
     _s("image_name", "output base name; with one -t, a trailing .<type> is dropped", ("-o",),
        "imagename", ("IMAGE_NAME",), parse=_image_name, default="image", metavar="NAME",
        accepts="a file name (its directory must be writable)", bad="out/", good="out/web"),
-    _s("types", "output types, comma separated: qcow2, raw, vmdk, vhd, vdi, tar, tgz, "
-       "vagrant (.box), docker (.docker.tar), oci (layout directory); docs/artifacts.md",
-       ("-t",), "types",
+    _s("types", "output types, comma separated: qcow2, raw, vmdk, vhd, vdi, vhdx, tar, tgz, "
+       "vagrant (.box), docker (.docker.tar), oci (layout directory), ova (OVF + VMDK); "
+       "docs/artifacts.md", ("-t",), "types",
        kind="list", parse=_formats, default="qcow2", metavar="TYPES",
        accepts="a comma-separated list of " + ", ".join(f.value for f in ImageFormat),
        bad="qcow3", good="raw,tar"),
@@ -831,9 +833,9 @@ def parse_args(argv: List[str], environ: Mapping[str, str]) -> BuildConfig:
 
 def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str],
                   env: Dict[str, str]) -> BuildConfig:
-    from dib.artifacts.container import ContainerSettings
-    from dib.artifacts.libvirt import DomainSettings
-    from dib.artifacts.vagrant import VagrantSettings
+    from dib.outputs.container import ContainerSettings
+    from dib.outputs.libvirt import DomainSettings
+    from dib.outputs.vagrant import VagrantSettings
 
     formats: Tuple[ImageFormat, ...] = v["types"]
     if v["boot_test"] and not any(f.is_qemu_disk for f in formats):
@@ -926,7 +928,7 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
 
 def group_values(env: Mapping[str, str], prefix: str) -> Dict[str, Any]:
     """The parsed values of the settings named ``<prefix>_*`` from ``env`` alone (for the
-    settings classes of dib.artifacts, whose ``from_env`` use the same table)."""
+    settings classes of dib.outputs, whose ``from_env`` use the same table)."""
     return {s.name[len(prefix) + 1:]: setting_value(s, None, env) for s in SETTINGS
             if s.name.startswith(prefix + "_")}
 

@@ -22,7 +22,7 @@ from typing import Dict, Iterator, List, Mapping, Optional
 
 import yaml
 
-from dib import chroot, cmd, dibcompat, element, hooks, outputs, resolver
+from dib import chroot, cmd, dibcompat, element, hooks, resolver
 from dib import blockdev
 from dib import log as dlog
 from dib.config import BuildConfig
@@ -93,10 +93,6 @@ class BuildContext:
     def breaks(self) -> Breaks:
         return Breaks(self.cfg.break_points, self.cfg.break_cmd,
                       self.cfg.break_outside_target, self.wd.base)
-
-    def add_output(self, path: Path) -> None:
-        self.outputs.append(path)
-        self.outputs.extend(outputs.write_checksums(path, self.cfg.checksums))
 
     @contextlib.contextmanager
     def chroot(self, root: Path) -> Iterator[Path]:

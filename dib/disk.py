@@ -3,8 +3,8 @@ and convert the raw disk into every requested format.
 
 After post-root.d the merged tree is measured and copied into the filesystems the block-device
 layer made (:mod:`dib.blockdev`); block-device.d, pre-finalise.d, finalise.d (the bootloader)
-and cleanup.d run on them; the disk stack then unmounts (writing the ESP), detaches, and
-each disk format is converted from the one raw file.
+and cleanup.d run on them; the disk stack then unmounts (writing the ESP) and detaches, and
+the caller writes every disk output from the one raw file (:mod:`dib.outputs`).
 """
 from __future__ import annotations
 
@@ -12,30 +12,17 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping
+from typing import Callable, Dict, Mapping
 
-from dib import artifacts, blockdev, cmd, dibcompat, outputs, resolver
+from dib import blockdev, cmd, dibcompat, resolver
 from dib.blockdev.partition import PartitioningSpec
-from dib.config import BuildConfig, ImageFormat
+from dib.config import BuildConfig
 from dib.context import BuildContext, finish_tree
 from dib.errors import CommandFailed, ConfigError, DibError
 from dib.phases import of_stage
 from dib.tree import LayeredTree
 
 log = logging.getLogger("dib.build")
-
-
-def write_archives(b: BuildContext, tree: Path) -> None:
-    """tar/tgz outputs of ``tree``, which must have nothing but the image mounted below it;
-    then docker/oci and the package list for the manifest (:mod:`dib.artifacts`)."""
-    for fmt in (f for f in b.cfg.formats if f in (ImageFormat.TAR, ImageFormat.TGZ)):
-        dest = b.cfg.output_path(fmt)
-        log.info("writing %s", dest)
-        with b.timings.measure("output", fmt.value), \
-                outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
-            outputs.write_tar(tree, tmp, gzip=fmt is ImageFormat.TGZ)
-        b.add_output(dest)
-    artifacts.write_tree_artifacts(b, tree)
 
 
 def block_device_config_text(cfg: BuildConfig, res: resolver.Resolution) -> str:
@@ -125,11 +112,12 @@ def has_esp(config: "blockdev.Config") -> bool:
                if isinstance(spec, PartitioningSpec) for p in spec.partitions)
 
 
-def build_disk(b: BuildContext, tree: LayeredTree, config_text: str,
-               tree_key: str) -> DiskResult:
-    """Lay the tree onto the block device, run the disk and final phases there, write the
-    outputs. ``tree_key`` seeds the filesystems' UUIDs unless DIB_BLOCK_DEVICE_UUID_SEED is
-    set."""
+def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: str, *,
+               tree_outputs: Callable[[Path], None]) -> DiskResult:
+    """Lay the tree onto the block device and run the disk and final phases there; call
+    ``tree_outputs`` with the finished root filesystem (still mounted, nothing below it).
+    The result's raw disk file is complete (unmounted, ESP written, detached). ``tree_key``
+    seeds the filesystems' UUIDs unless DIB_UUID_SEED is set."""
     cfg, wd = b.cfg, b.wd
     root_label = b.env["DIB_ROOT_LABEL"]
     with tree.view(wd.built) as view, contextlib.ExitStack() as disk:
@@ -164,26 +152,6 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str,
                 b.run(phase.name, wd.mnt, env)
         b.run_final(wd.mnt, env)
         finish_tree(wd.mnt)
-        write_archives(b, wd.mnt)
+        tree_outputs(wd.mnt)
     # the disk stack has unmounted, written the ESP and detached: the raw file is complete
-    _convert_disks(b, raw)
     return DiskResult(raw, has_esp(config), env)
-
-
-def _convert_disks(b: BuildContext, raw: Path) -> None:
-    disks = [f for f in b.cfg.formats if f.is_qemu_disk]
-    # raw last: it can take the file itself when nothing else needs it any more
-    for fmt in sorted(disks, key=lambda f: f is ImageFormat.RAW):
-        dest = b.cfg.output_path(fmt)
-        log.info("writing %s", dest)
-        with b.timings.measure("output", fmt.value), \
-                outputs.atomic_output(dest, b.cfg.overwrite) as tmp:
-            if fmt is ImageFormat.RAW:
-                cmd.run(["cp", "--sparse=always", raw, tmp])
-            else:
-                cmd.run(outputs.qemu_img_convert_argv(
-                    raw, fmt.value, tmp, compress=b.cfg.compress,
-                    options=b.cfg.qemu_img_options,
-                    compression_type=b.cfg.qcow2_compression_type))
-        b.add_output(dest)
-    artifacts.write_disk_artifacts(b, raw)

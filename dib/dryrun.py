@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from dib import artifacts, config, element, mirror, resolver, workdir
+from dib import config, element, mirror, resolver, workdir
+from dib.outputs import check as check_outputs
 from dib.config import BuildConfig, ImageFormat
 
 
@@ -59,7 +60,7 @@ def plan(cfg: BuildConfig) -> List[str]:
     catalogue = element.discover(element.search_path(cfg.elements_path))
     names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base, arch=cfg.arch)
     res = resolver.resolve(names, catalogue)
-    artifacts.check(cfg)
+    check_outputs(cfg)
 
     added = [n for n in names if n not in cfg.elements]
     lines = [f"requested elements: {' '.join(cfg.elements)}",

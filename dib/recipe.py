@@ -346,7 +346,7 @@ def plan(argv: Sequence[str], environ: Mapping[str, str]) -> Tuple[List[Image], 
 
 def _check(img: Image) -> "BuildConfig":
     """Everything disk-image-create checks before it starts, for one image."""
-    from dib import artifacts, config, element, resolver
+    from dib import config, element, outputs, resolver
 
     try:
         cfg = config.parse_args(img.argv, img.env)
@@ -355,7 +355,7 @@ def _check(img: Image) -> "BuildConfig":
         names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base,
                                            arch=cfg.arch)
         resolver.resolve(names, catalogue)
-        artifacts.check(cfg)
+        outputs.check(cfg)
     except DibError as exc:
         setting, source = getattr(exc, "setting", None), getattr(exc, "source", None)
         if setting is not None and setting.recipe and isinstance(source, str) \

@@ -39,7 +39,7 @@ from typing import Dict, Iterator, List, Optional, Sequence
 import pytest
 import yaml
 
-from dib.artifacts import container, vagrant
+from dib.outputs import container, vagrant
 from tests.lib.builds import HOST_PATH, TEST_ELEMENTS, build_env
 from tests.lib.leaks import assert_clean
 

@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dib.artifacts import container, vagrant
 from dib.cache import file_sha256
+from dib.outputs import container, vagrant
 from tests.lib import builds
 
 SECRET = "s3cr3t-value"

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dib import artifacts
+from dib import outputs
+from dib.outputs import libvirt
 from dib.config import ImageFormat, parse_args
 from dib.errors import ConfigError
 
@@ -29,7 +30,8 @@ def test_new_types_parse_and_are_named():
     ("qcow2", True, True, False), ("raw", True, True, False), ("vhd", True, True, False),
     ("tar", False, False, False), ("tgz", False, False, False),
     ("docker", False, False, False), ("oci", False, False, True),
-    ("vagrant", True, False, False)])
+    ("vagrant", True, False, False), ("vhdx", True, False, False),
+    ("ova", True, False, False)])
 def test_format_kinds(fmt, disk, qemu, directory):
     f = ImageFormat(fmt)
     assert (f.is_disk, f.is_qemu_disk, f.is_directory) == (disk, qemu, directory)
@@ -68,24 +70,24 @@ def test_every_output_knob_is_checked_when_the_config_is_built():
         cfg("-t", "tar", "x", DIB_LIBVIRT_VCPUS="x")
     c = cfg("-t", "raw", "x", DIB_LIBVIRT_VCPUS="3", DIB_VAGRANT_CPUS="4")
     assert (c.domain.vcpus, c.vagrant.cpus) == (3, 4)
-    artifacts.check(c)
+    outputs.check(c)
 
 
 def test_cache_inputs_follow_the_outputs_settings():
-    assert artifacts.cache_inputs(cfg("-t", "qcow2,tar", "x")) == {}  # unchanged keys
-    base = artifacts.cache_inputs(cfg("-t", "docker", "-o", "/o/a", "x"))
+    assert outputs.cache_inputs(cfg("-t", "qcow2,tar", "x")) == {}  # unchanged keys
+    base = outputs.cache_inputs(cfg("-t", "docker", "-o", "/o/a", "x"))
     assert base["container"]["reference"] == "a:latest"
-    other = artifacts.cache_inputs(cfg("-t", "docker", "-o", "/o/a", "x",
+    other = outputs.cache_inputs(cfg("-t", "docker", "-o", "/o/a", "x",
                                        DIB_CONTAINER_CMD="/bin/true"))
     assert other != base
-    named = artifacts.cache_inputs(cfg("-t", "docker", "--docker-target", "r/x:9", "x"))
+    named = outputs.cache_inputs(cfg("-t", "docker", "--docker-target", "r/x:9", "x"))
     assert named["container"]["reference"] == "r/x:9"
-    v1 = artifacts.cache_inputs(cfg("-t", "vagrant", "x"))
-    v2 = artifacts.cache_inputs(cfg("-t", "vagrant", "x", DIB_VAGRANT_MEMORY="4096"))
+    v1 = outputs.cache_inputs(cfg("-t", "vagrant", "x"))
+    v2 = outputs.cache_inputs(cfg("-t", "vagrant", "x", DIB_VAGRANT_MEMORY="4096"))
     assert v1["vagrant"] != v2["vagrant"]
 
 
 def test_libvirt_disk_preference():
-    assert artifacts.libvirt_disk(cfg("-t", "vmdk,raw,qcow2", "x")) is ImageFormat.QCOW2
-    assert artifacts.libvirt_disk(cfg("-t", "vhd,raw", "x")) is ImageFormat.RAW
-    assert artifacts.libvirt_disk(cfg("-t", "vagrant,tar", "x")) is None
+    assert libvirt.libvirt_disk(cfg("-t", "vmdk,raw,qcow2", "x")) is ImageFormat.QCOW2
+    assert libvirt.libvirt_disk(cfg("-t", "vhd,raw", "x")) is ImageFormat.RAW
+    assert libvirt.libvirt_disk(cfg("-t", "vagrant,tar", "x")) is None

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from dib.artifacts import libvirt
-from dib.artifacts.libvirt import DomainSettings
+from dib.outputs import libvirt
+from dib.outputs.libvirt import DomainSettings
 from dib.errors import ConfigError
 
 DISK = Path("/images/web.qcow2")

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from dib.artifacts import manifest
-from dib.artifacts.manifest import Package
+from dib.outputs import manifest
+from dib.outputs.manifest import Package
 
 needs_dpkg = pytest.mark.skipif(not shutil.which("dpkg-query"),
                                 reason="needs dpkg-query: run on a Debian or Ubuntu host")

@@ -6,8 +6,8 @@ import tarfile
 
 import pytest
 
-from dib.artifacts import vagrant
-from dib.artifacts.vagrant import VagrantSettings
+from dib.outputs import vagrant
+from dib.outputs.vagrant import VagrantSettings
 from dib.errors import ConfigError
 
 GIB = 1 << 30

@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import json
+import logging
 import os
 import re
 import shutil
@@ -26,10 +27,13 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from dib.cache import file_sha256
+from dib.config import BuildConfig, ImageFormat
 from dib.errors import ConfigError
+from dib.outputs.base import Family, Needs, Run, restore_file, store_file
+from dib.outputs.files import atomic_output
 
 DOCKER_CONFIG_MEDIA = "application/vnd.docker.container.image.v1+json"
 OCI_MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
@@ -138,7 +142,7 @@ class ContainerSettings:
         return cls(v["cmd"] or (), v["entrypoint"] or (), v["env"] or (), v["workdir"] or "",
                    v["user"] or "", dict(v["labels"] or ()))
 
-    def cache_inputs(self) -> dict:
+    def cache_inputs(self) -> Dict[str, Any]:
         return {"cmd": list(self.cmd), "entrypoint": list(self.entrypoint),
                 "env": list(self.env), "workdir": self.workdir, "user": self.user,
                 "labels": dict(self.labels)}
@@ -155,14 +159,14 @@ def default_cmd(tree: Optional[Path]) -> List[str]:
 def image_config(layer: Layer, *, arch: str, settings: ContainerSettings,
                  created: str, default_command: Sequence[str] = ("/bin/sh",),
                  labels: Optional[Mapping[str, str]] = None,
-                 history: str = "dib") -> dict:
+                 history: str = "dib") -> Dict[str, Any]:
     """The image configuration (the same document serves docker and OCI)."""
     goarch, variant = OCI_ARCH.get(arch, (arch, ""))
     env = [f"PATH={DEFAULT_PATH}"]
     for item in settings.env:
         name = item.split("=", 1)[0]
         env = [e for e in env if e.split("=", 1)[0] != name] + [item]
-    conf: dict = {"Env": env}
+    conf: Dict[str, Any] = {"Env": env}
     if settings.entrypoint:
         conf["Entrypoint"] = list(settings.entrypoint)
     conf["Cmd"] = list(settings.cmd) if settings.cmd else (
@@ -235,7 +239,7 @@ def write_docker_archive(dest: Path, layer: Layer, config: bytes, ref: Reference
 
 def oci_documents(layer: Layer, config: bytes, ref: Reference,
                   annotations: Optional[Mapping[str, str]] = None
-                  ) -> Tuple[bytes, bytes, dict]:
+                  ) -> Tuple[bytes, bytes, Dict[str, Any]]:
     """(manifest blob, index.json bytes, the manifest descriptor) for one image."""
     conf = json.loads(config)
     manifest = {
@@ -262,7 +266,7 @@ def oci_documents(layer: Layer, config: bytes, ref: Reference,
 
 def write_oci_layout(dest: Path, layer: Layer, config: bytes, ref: Reference, *,
                      annotations: Optional[Mapping[str, str]] = None,
-                     move_layer: bool = False) -> dict:
+                     move_layer: bool = False) -> Dict[str, Any]:
     """An OCI image layout in the (new, empty or absent) directory ``dest``; returns the
     manifest descriptor. ``move_layer`` renames the layer file into the layout instead of
     copying it (same filesystem)."""
@@ -292,7 +296,7 @@ def write_oci_layout(dest: Path, layer: Layer, config: bytes, ref: Reference, *,
 def atomic_directory(dest: Path, overwrite: bool) -> Iterator[Path]:
     """Yield a new temporary directory beside ``dest``; on success it becomes ``dest``. An
     existing ``dest`` is renamed aside with a timestamp (or removed with ``overwrite``), as
-    :func:`dib.outputs.atomic_output` does for files."""
+    :func:`dib.outputs.files.atomic_output` does for files."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent))
     try:
@@ -340,7 +344,7 @@ def verify_oci_layout(layout: Path) -> List[str]:
     blobs = layout / "blobs" / "sha256"
     index = json.loads((layout / "index.json").read_text())
 
-    def check(desc: dict) -> Optional[bytes]:
+    def check(desc: Dict[str, Any]) -> Optional[bytes]:
         algo, _, hexd = desc["digest"].partition(":")
         path = blobs / hexd
         if algo != "sha256" or not path.is_file():
@@ -361,3 +365,104 @@ def verify_oci_layout(layout: Path) -> List[str]:
         for layer in manifest["layers"]:
             check(layer)
     return problems
+
+
+# -- the output family: -t docker, -t oci from the final tree --------------------------------
+
+log = logging.getLogger("dib.outputs")
+
+
+def reference(cfg: BuildConfig) -> Reference:
+    """The image name: ``--docker-target``, else ``<image basename>:latest``."""
+    return (parse_reference(cfg.docker_target) if cfg.docker_target
+            else default_reference(cfg.image_name))
+
+
+def _settings(cfg: BuildConfig) -> ContainerSettings:
+    return cfg.container or ContainerSettings()
+
+
+def created(cfg: BuildConfig) -> int:
+    """The image's creation time: SOURCE_DATE_EPOCH, else now."""
+    return cfg.source_date_epoch if cfg.source_date_epoch is not None else int(time.time())
+
+
+def iso(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def check(cfg: BuildConfig) -> None:
+    reference(cfg)  # a bad --docker-target fails before the build
+
+
+def cache_inputs(cfg: BuildConfig) -> Dict[str, Any]:
+    return {"reference": str(reference(cfg)), **_settings(cfg).cache_inputs(),
+            "epoch": "" if cfg.source_date_epoch is None else str(cfg.source_date_epoch)}
+
+
+def write(run: Run, tree: Path, formats: Sequence[ImageFormat]) -> None:
+    """-t docker and -t oci from ``tree``: one layer tar serves both."""
+    from dib.outputs.tar import write_tar
+
+    cfg = run.cfg
+    ref = reference(cfg)
+    when = created(cfg)
+    first = cfg.output_path(formats[0])
+    first.parent.mkdir(parents=True, exist_ok=True)
+    layer_path = first.with_name(f".{first.name}.layer.partial")
+    try:
+        log.info("writing the container layer (a tar of the tree)")
+        with run.timings.measure("output", "(container layer)"):
+            write_tar(tree, layer_path)
+            layer = Layer.of(layer_path)
+        labels = {"org.opencontainers.image.title": os.path.basename(cfg.image_name),
+                  "org.opencontainers.image.created": iso(when),
+                  "org.opencontainers.image.description":
+                      f"built by dib from: {' '.join(cfg.elements)}"}
+        config = canonical(image_config(
+            layer, arch=cfg.arch, settings=_settings(cfg), created=iso(when),
+            default_command=default_cmd(tree), labels=labels,
+            history=f"dib: {' '.join(cfg.elements)}"))
+        for fmt in formats:
+            dest = cfg.output_path(fmt)
+            log.info("writing %s (%s)", dest, ref)
+            with run.timings.measure("output", fmt.value):
+                if fmt is ImageFormat.DOCKER:
+                    with atomic_output(dest, cfg.overwrite) as tmp:
+                        write_docker_archive(tmp, layer, config, ref, mtime=when)
+                    run.add(dest)
+                else:
+                    with atomic_directory(dest, cfg.overwrite) as tmp:
+                        write_oci_layout(
+                            tmp, layer, config, ref, move_layer=fmt is formats[-1],
+                            annotations={"org.opencontainers.image.created": iso(when),
+                                         "org.opencontainers.image.ref.name": ref.tag})
+                    run.add_directory(dest)
+    finally:
+        layer_path.unlink(missing_ok=True)
+
+
+def _cache_suffix(fmt: ImageFormat) -> str:
+    return ".tar" if fmt.is_directory else f".{fmt.value}"
+
+
+def _store(src: Path, tmp: Path) -> None:
+    if src.is_dir():  # an OCI layout: cached as a tar of it
+        pack_directory(src, tmp)
+    else:
+        store_file(src, tmp)
+
+
+def _restore(run: Run, fmt: ImageFormat, cached: Path, dest: Path) -> None:
+    if not fmt.is_directory:
+        restore_file(run, fmt, cached, dest)
+        return
+    with run.timings.measure("output", f"{fmt.value} (cached)"), \
+            atomic_directory(dest, run.cfg.overwrite) as tmp:
+        unpack_directory(cached, tmp)
+    run.add_directory(dest)
+
+
+FAMILY = Family("container", (ImageFormat.DOCKER, ImageFormat.OCI), Needs.TREE, write,
+                cache_inputs=cache_inputs, check=check, cache_suffix=_cache_suffix,
+                store=_store, restore=_restore)

@@ -10,7 +10,7 @@ the cache.
 Packages are read from the final tree's dpkg database on the host (``dpkg-query
 --admindir=<tree>/var/lib/dpkg -W``): nothing runs inside the image.
 
-``python -m dib.artifacts.manifest in-image TREE`` is what the ``manifests`` element runs to
+``python -m dib.outputs.manifest in-image TREE`` is what the ``manifests`` element runs to
 put the same information (less what is only known after the image is written) into
 ``/etc/dib-manifests`` inside the image, as diskimage-builder's manifests element does.
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import logging
 import os
 import re
 import shlex
@@ -25,10 +26,17 @@ import shutil
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence
+from typing import (TYPE_CHECKING, Any, Dict, Iterable, List, Mapping, Optional, Sequence,
+                    Tuple)
 from urllib.parse import quote
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dib.cache import ArtifactCache
+    from dib.outputs.base import Run
+
+log = logging.getLogger("dib.outputs")
 
 #: variable names whose values never appear in a manifest
 SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY", re.IGNORECASE)
@@ -145,7 +153,7 @@ def purl(pkg: Package, distro: Mapping[str, str]) -> str:
 
 def cyclonedx(packages: Sequence[Package], *, image: str, distro: Mapping[str, str],
               tool_version: str, timestamp: Optional[str] = None,
-              serial: Optional[str] = None) -> dict:
+              serial: Optional[str] = None) -> Dict[str, Any]:
     """A CycloneDX 1.5 BOM: the image as the described component, one ``library``
     component per installed package (with its purl), the image depending on all of them."""
     components = []
@@ -228,13 +236,144 @@ def package_summary(packages: Optional[Sequence[Package]]) -> Dict[str, Any]:
                      for p in packages]}
 
 
+# -- the output family: facts from the tree, the manifest and SBOM after the build ----------
+
+@dataclass
+class TreeFacts:
+    """What the final tree told the manifest and SBOM. Kept beside a cached finished image
+    (:func:`store_facts`), so a reused image gets the same manifest."""
+    packages: Optional[List[Package]] = None  #: None: the tree has no dpkg database
+    os_release: Dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildSummary:
+    """What the build engine tells the manifest about the build itself."""
+    elements: Mapping[str, Path]  #: resolved element name -> directory, in order
+    steps: Sequence[Tuple[str, bool, float]]  #: (label, from the cache, seconds)
+    cache_enabled: bool
+    tree_key: Optional[str]
+    seconds: float
+
+
+def record_tree(run: "Run", tree: Path) -> TreeFacts:
+    """The installed packages and os-release of ``tree`` (the tree outputs' source)."""
+    with run.timings.measure("output", "(packages)"):
+        try:
+            packages = dpkg_packages(tree)
+        except RuntimeError as exc:
+            log.warning("manifest: cannot list the installed packages: %s", exc)
+            packages = None
+    return TreeFacts(packages, os_release(tree))
+
+
+def store_facts(images: "ArtifactCache", key: str, facts: TreeFacts) -> None:
+    doc = {"packages": None if facts.packages is None
+           else [asdict(p) for p in facts.packages], "os_release": facts.os_release}
+    data = json.dumps(doc)
+
+    def write(tmp: Path) -> None:
+        tmp.write_text(data)
+
+    images.store(f"{key}-state", ".json", {"state": True}, write)
+
+
+def restore_facts(images: "ArtifactCache", key: str) -> Optional[TreeFacts]:
+    """What :func:`store_facts` kept; None (so the image is rebuilt) if it is gone."""
+    entry = images.get(f"{key}-state")
+    if entry is None:
+        return None
+    try:
+        doc = json.loads(Path(entry.path).read_text())
+    except (OSError, ValueError):
+        return None
+    pkgs = doc.get("packages")
+    images.touch(entry.key)
+    return TreeFacts(None if pkgs is None else [Package(**p) for p in pkgs],
+                     doc.get("os_release", {}))
+
+
+def _artifact_entries(run: "Run") -> List[Dict[str, Any]]:
+    from dib.cache import file_sha256
+    from dib.outputs.checksums import recorded_sha256
+
+    entries = []
+    formats = {os.fspath(run.cfg.output_path(f)): f.value for f in run.cfg.formats}
+    for p in run.written:
+        key = os.fspath(p)
+        if key.endswith((".md5", ".sha256")) and key.rsplit(".", 1)[0] in formats:
+            continue
+        entry: Dict[str, Any] = {"path": key, "format": formats.get(
+            key, "libvirt-xml" if key.endswith(".xml") else "")}
+        if p.is_dir():
+            index = json.loads((p / "index.json").read_text())
+            entry["manifest_digest"] = index["manifests"][0]["digest"]
+            entry["bytes"] = sum(f.stat().st_size for f in p.rglob("*") if f.is_file())
+        elif p.exists():
+            entry["bytes"] = p.stat().st_size
+            entry["sha256"] = recorded_sha256(p) or file_sha256(p)
+        entries.append(entry)
+    return entries
+
+
+def write_sidecars(run: "Run", summary: BuildSummary) -> None:
+    """``<image>.d/manifest.json`` and ``sbom.cdx.json`` (no SBOM without a package list)."""
+    from dib import __version__
+
+    cfg = run.cfg
+    packages = run.facts.packages
+    name = os.path.basename(cfg.image_name)
+    report_dir = cfg.report_dir
+    report_dir.mkdir(parents=True, exist_ok=True)
+    sbom_path = report_dir / "sbom.cdx.json"
+    if packages is not None:
+        write_json(sbom_path, cyclonedx(packages, image=name, distro=run.facts.os_release,
+                                        tool_version=__version__))
+    elif sbom_path.exists():
+        sbom_path.unlink()
+    outputs = run.timings.of("output")
+    reused = any(n.endswith("(cached)") for n, _, _ in outputs)
+    doc = {
+        "manifest_version": MANIFEST_VERSION,
+        "dib_version": __version__,
+        "image": name,
+        "arch": cfg.arch,
+        "created": now_iso(),
+        "argv": redact_argv(cfg.argv),
+        "command": "disk-image-create " + shlex.join(redact_argv(cfg.argv)),
+        "requested_elements": list(cfg.elements),
+        "elements": element_entries(list(summary.elements), summary.elements),
+        "environment": redact_env(cfg.env),
+        "formats": [f.value for f in cfg.formats],
+        "artifacts": _artifact_entries(run),
+        "os_release": run.facts.os_release,
+        "packages": package_summary(packages),
+        "sbom": sbom_path.name if packages is not None else None,
+        "uefi": run.has_esp,
+        "timings": {
+            "seconds": round(summary.seconds, 3),
+            "phases": [{"phase": n, "seconds": round(s, 3)}
+                       for n, s in run.timings.totals("phase")],
+            "outputs": [{"output": n, "seconds": round(s, 3)} for n, s, _ in outputs],
+        },
+        "cache": {"enabled": summary.cache_enabled, "steps": len(summary.steps),
+                  "steps_cached": sum(1 for _, hit, _ in summary.steps if hit),
+                  "image_reused": reused, "tree_key": summary.tree_key},
+        "steps": [{"step": label, "cached": hit, "seconds": seconds}
+                  for label, hit, seconds in summary.steps],
+    }
+    write_json(report_dir / "manifest.json", doc)
+    log.info("manifest: %s (%s packages)", report_dir / "manifest.json",
+             "no" if packages is None else len(packages))
+
+
 # -- inside the image (the manifests element) -------------------------------------------------
 
 def in_image(tree: Path, env: Mapping[str, str], dest: str = "etc/dib-manifests",
              copy_to: Optional[Path] = None) -> Path:
     """Write manifest.json, sbom.cdx.json, dib_arguments and dib_environment into
     ``tree/dest`` (mode 0600, as diskimage-builder does), and copy them to ``copy_to``."""
-    import yaml
+    import yaml  # type: ignore[import-untyped,unused-ignore]
 
     from dib import __version__
 
@@ -284,7 +423,7 @@ def in_image(tree: Path, env: Mapping[str, str], dest: str = "etc/dib-manifests"
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 2 or args[0] != "in-image":
-        sys.stderr.write("usage: python -m dib.artifacts.manifest in-image TREE [COPY_TO]\n")
+        sys.stderr.write("usage: python -m dib.outputs.manifest in-image TREE [COPY_TO]\n")
         return 2
     copy_to = Path(args[2]) if len(args) > 2 and args[2] else None
     out = in_image(Path(args[1]), os.environ, copy_to=copy_to)

@@ -19,16 +19,22 @@ bootloader (observed with libvirt 9 and QEMU 7.2).
 """
 from __future__ import annotations
 
+import logging
 import os
 import re
 import string
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import TYPE_CHECKING, Dict, Mapping, Optional
 from xml.sax.saxutils import escape
 
+from dib.config import BuildConfig, ImageFormat
 from dib.errors import ConfigError
+from dib.outputs.files import atomic_output
+
+if TYPE_CHECKING:  # pragma: no cover
+    from dib.outputs.base import Run
 
 #: qemu-img format -> libvirt's <driver type=...>
 DRIVER_TYPES = {"qcow2": "qcow2", "raw": "raw", "vmdk": "vmdk", "vhd": "vpc", "vdi": "vdi"}
@@ -107,7 +113,8 @@ class DomainSettings:
         uefi = self.uefi(has_esp)
         machine = self.machine or ("q35" if uefi else "pc")
         xarch = ARCHES.get(arch, arch)
-        q = lambda s: escape(str(s), {"'": "&apos;", '"': "&quot;"})  # noqa: E731
+        def q(s: object) -> str:
+            return escape(str(s), {"'": "&apos;", '"': "&quot;"})
         if uefi:
             os_xml = (f"  <os firmware='efi'>\n"
                       f"    <type arch='{q(xarch)}' machine='{q(machine)}'>hvm</type>\n"
@@ -190,3 +197,36 @@ def domain_xml(settings: DomainSettings, *, disk_path: Path, disk_format: str, h
     return render(tpl, settings.variables(disk_path=disk_path, disk_format=disk_format,
                                           has_esp=has_esp, arch=arch,
                                           description=description), src)
+
+
+# -- the sidecar: <image>.xml beside the disk outputs ----------------------------------------
+
+log = logging.getLogger("dib.outputs")
+
+
+def libvirt_disk(cfg: BuildConfig) -> Optional[ImageFormat]:
+    """The disk output the domain boots: the first of :data:`PREFERRED` the build wrote."""
+    disks = {f.value: f for f in cfg.formats if f.is_qemu_disk}
+    return next((disks[n] for n in PREFERRED if n in disks), None)
+
+
+def write_xml(run: "Run") -> Optional[Path]:
+    """``<image>.xml`` for the disk output, unless there is none or DIB_LIBVIRT_XML=0."""
+    cfg = run.cfg
+    fmt = libvirt_disk(cfg)
+    if fmt is None:
+        return None
+    settings = cfg.domain or DomainSettings(os.path.basename(cfg.image_name))
+    if not settings.enabled:
+        return None
+    image = cfg.output_path(fmt)
+    xml = domain_xml(settings, disk_path=image.absolute(), disk_format=fmt.value,
+                     has_esp=run.has_esp, arch=cfg.arch,
+                     description=f"built by dib from: {' '.join(cfg.elements)}")
+    dest = Path(f"{cfg.image_name}.xml")
+    with atomic_output(dest, cfg.overwrite) as tmp:
+        tmp.write_text(xml)
+    log.info("libvirt domain %s (%s, %s): %s", settings.name,
+             "UEFI" if settings.uefi(run.has_esp) else "BIOS", fmt.value, dest)
+    run.written.append(dest)
+    return dest

@@ -17,11 +17,19 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
+
+from dib.config import BuildConfig, ImageFormat
+from dib.outputs import qemu
+from dib.outputs.base import Family, Needs, Run
+from dib.outputs.files import atomic_output
+
+log = logging.getLogger("dib.outputs")
 
 
 GIB = 1 << 30
@@ -45,14 +53,14 @@ class VagrantSettings:
         v = group_values(env, "vagrant")
         return cls(v["user"], v["libvirt_driver"], v["memory"], v["cpus"], v["vagrantfile"])
 
-    def cache_inputs(self) -> dict:
+    def cache_inputs(self) -> Dict[str, Any]:
         return {"user": self.user, "driver": self.driver, "memory": self.memory_mib,
                 "cpus": self.cpus,
                 "vagrantfile": self.vagrantfile.read_text() if self.vagrantfile else None}
 
 
 
-def metadata(virtual_size_bytes: int, fmt: str = "qcow2") -> dict:
+def metadata(virtual_size_bytes: int, fmt: str = "qcow2") -> Dict[str, Any]:
     """metadata.json: virtual_size is whole GiB, rounded up (vagrant-libvirt's unit)."""
     return {"provider": "libvirt", "format": fmt,
             "virtual_size": max(1, math.ceil(virtual_size_bytes / GIB))}
@@ -106,10 +114,53 @@ def write_box(dest: Path, image: Path, meta: Mapping[str, object], vagrant_file:
             tar.addfile(member("box.img", image.stat().st_size), f)
 
 
-def read_box(box: Path) -> dict:
+def read_box(box: Path) -> Dict[str, Any]:
     """metadata.json, Vagrantfile and the member list of a box (for tests and checks)."""
     with tarfile.open(box) as tar:
         names = tar.getnames()
         meta = json.load(tar.extractfile("metadata.json"))  # type: ignore[arg-type]
         vf = tar.extractfile("Vagrantfile").read().decode()  # type: ignore[union-attr]
     return {"members": names, "metadata": meta, "Vagrantfile": vf}
+
+
+# -- the output family: -t vagrant from the finished raw disk --------------------------------
+
+def _settings(cfg: BuildConfig) -> VagrantSettings:
+    return cfg.vagrant or VagrantSettings()
+
+
+def cache_inputs(cfg: BuildConfig) -> Dict[str, Any]:
+    return dict(_settings(cfg).cache_inputs())
+
+
+def write(run: Run, raw: Path, formats: Sequence[ImageFormat]) -> None:
+    """The box from ``raw``, reusing the -t qcow2 output if the build wrote one."""
+    import time
+
+    cfg = run.cfg
+    settings = _settings(cfg)
+    has_user = "vagrant" in run.elements
+    if not has_user:
+        log.warning("-t vagrant without the vagrant element: the box has no '%s' user with "
+                    "Vagrant's insecure key (add the vagrant element, or set "
+                    "config.ssh.username in your Vagrantfile)", settings.user)
+    dest = cfg.output_path(ImageFormat.VAGRANT)
+    qcow2 = cfg.output_path(ImageFormat.QCOW2)
+    mtime = cfg.source_date_epoch if cfg.source_date_epoch is not None else int(time.time())
+    log.info("writing %s", dest)
+    with run.timings.measure("output", "vagrant"), atomic_output(dest, cfg.overwrite) as tmp:
+        reuse = ImageFormat.QCOW2 in cfg.formats and qcow2.is_file()
+        image = qcow2 if reuse else tmp.with_name(tmp.name + ".img")
+        try:
+            if not reuse:
+                qemu.convert(run, raw, ImageFormat.QCOW2, image)
+            write_box(tmp, image, metadata(raw.stat().st_size),
+                      vagrantfile(settings, has_vagrant_user=has_user), mtime=mtime)
+        finally:
+            if not reuse:
+                image.unlink(missing_ok=True)
+    run.add(dest)
+
+
+FAMILY = Family("vagrant", (ImageFormat.VAGRANT,), Needs.DISK, write,
+                cache_inputs=cache_inputs)
