@@ -20,11 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
-from dib import __version__, chroot, cmd, disk, element, hooks, interrupt, layers
+from dib import (
+    __version__,
+    chroot,
+    cmd,
+    config,
+    disk,
+    element,
+    hooks,
+    interrupt,
+    layers,
+    outputs,
+    resolver,
+    steps,
+)
 from dib import log as dlog
-from dib import outputs, resolver, steps
 from dib.cache import ArtifactCache
-from dib import config
 from dib.config import BuildConfig, describe
 from dib.context import BuildContext, hook_environment
 from dib.errors import ConfigError, DibError

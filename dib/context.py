@@ -22,8 +22,7 @@ from typing import Dict, Iterator, List, Mapping, Optional
 
 import yaml
 
-from dib import chroot, cmd, dibcompat, element, hooks, resolver
-from dib import blockdev
+from dib import blockdev, chroot, cmd, dibcompat, element, hooks, resolver
 from dib import log as dlog
 from dib.config import BuildConfig
 from dib.errors import DibError

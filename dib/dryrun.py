@@ -13,8 +13,8 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from dib import config, element, mirror, resolver, workdir
-from dib.outputs import check as check_outputs
 from dib.config import BuildConfig, ImageFormat
+from dib.outputs import check as check_outputs
 
 
 def _element_default(res: resolver.Resolution, variable: str) -> Tuple[Optional[str], str]:

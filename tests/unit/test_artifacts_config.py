@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from dib import outputs
-from dib.outputs import libvirt
 from dib.config import ImageFormat, parse_args
 from dib.errors import ConfigError
+from dib.outputs import libvirt
 
 
 def cfg(*argv: str, **env: str):

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from dib.errors import ConfigError
 from dib.outputs import container
 from dib.outputs.container import ContainerSettings, Layer, Reference, parse_reference
-from dib.errors import ConfigError
 
 CREATED = "2026-01-02T03:04:05Z"
 

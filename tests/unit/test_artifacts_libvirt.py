@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from dib.errors import ConfigError
 from dib.outputs import libvirt
 from dib.outputs.libvirt import DomainSettings
-from dib.errors import ConfigError
 
 DISK = Path("/images/web.qcow2")
 

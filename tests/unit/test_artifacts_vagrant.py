@@ -6,9 +6,9 @@ import tarfile
 
 import pytest
 
+from dib.errors import ConfigError
 from dib.outputs import vagrant
 from dib.outputs.vagrant import VagrantSettings
-from dib.errors import ConfigError
 
 GIB = 1 << 30
 
