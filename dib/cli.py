@@ -14,7 +14,7 @@ import traceback
 from typing import TYPE_CHECKING, Callable, List, Optional, Sequence
 
 from dib import __version__
-from dib.errors import ConfigError, DibError, report
+from dib.errors import DibError, report
 
 if TYPE_CHECKING:
     from dib.config import BuildConfig
@@ -210,7 +210,7 @@ def _dib_cache(argv: List[str]) -> int:
     pr = sub.add_parser("prune", parents=[common],
                         help="drop least-recently-used entries down to a size")
     group = pr.add_mutually_exclusive_group(required=True)
-    group.add_argument("--max-size", help="e.g. 20G")
+    group.add_argument("--max-size", help="e.g. 20G (read as DIB_CACHE_MAX_SIZE is)")
     group.add_argument("--all", action="store_true", help="drop everything not in use")
     pr.add_argument("--min-free", default="0",
                     help="also drop entries while the cache's filesystem has less free, e.g. 5G")
@@ -229,15 +229,10 @@ def _dib_cache(argv: List[str]) -> int:
         total = sum(e.size for e in entries)
         print(f"{len(entries)} entries, {total / (1 << 20):.1f} MiB in {root}")
         return 0
-    sizes = {}
-    for option, text in (("--max-size", None if args.all else args.max_size),
-                         ("--min-free", args.min_free)):
-        try:
-            sizes[option] = 0 if text is None else cache.parse_size(text)
-        except ValueError as exc:
-            raise ConfigError(f"{option}: {exc}", hint=f"{option} takes a size such as 20G, "
-                              "500M or 0") from None
-    limit, min_free = sizes["--max-size"], sizes["--min-free"]
+    # the sizes are read as DIB_CACHE_MAX_SIZE / DIB_CACHE_MIN_FREE are (the settings table)
+    limit = 0 if args.all else config.BY_NAME["cache_max_size"].value(args.max_size,
+                                                                     "--max-size")
+    min_free = config.BY_NAME["cache_min_free"].value(args.min_free, "--min-free")
     dropped = cache.prune_lru(root, limit, min_free=min_free)
     print(f"dropped {len(dropped)} entries, "
           f"{sum(e.size for e in dropped) / (1 << 20):.1f} MiB")

@@ -165,10 +165,11 @@ def test_dib_cache_lists_and_prunes(dib):
     kept = subprocess.run(cmd + ["prune", "--all"], capture_output=True, text=True)
     assert kept.returncode == 0 and "dropped 0 entries" in kept.stdout
     bad = subprocess.run(cmd + ["prune", "--max-size", "lots"], capture_output=True, text=True)
-    assert bad.returncode == 1 and "not a size" in bad.stderr
+    assert bad.returncode == 1 and "--max-size: must be a size" in bad.stderr
     bad = subprocess.run(cmd + ["prune", "--max-size", "1G", "--min-free", "roomy"],
                          capture_output=True, text=True)
-    assert bad.returncode == 1 and "not a size: 'roomy'" in bad.stderr
+    assert bad.returncode == 1 and "--min-free: must be a size" in bad.stderr
+    assert "roomy" in bad.stderr
 
 
 # -- steps keyed by what they read (layer-inputs.yaml) ------------------------------------------
