@@ -16,7 +16,7 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
 
 from dib import content_keys, layers
 from dib.cache import file_sha256
@@ -122,6 +122,8 @@ def _root_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
         raise DibError("no element has root.d scripts: nothing creates the root filesystem",
                        hint="include an operating-system element (debian, ubuntu, ...)")
     digests = {f"{s.element}/{s.name}": file_sha256(s.path) for s in scripts}
+    inputs = {**chain.inputs("root.d", scripts=digests),
+              "elements": base_elements(b, {s.element for s in scripts})}
 
     def body(mnt: Path) -> None:
         b.run("root.d", mnt)
@@ -130,8 +132,22 @@ def _root_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
                            "filesystem", hint="the operating-system element's root.d must "
                                               "populate $TARGET_ROOT")
 
-    chain.prev = _step(b, tree, "root.d", chain.inputs("root.d", scripts=digests), body,
-                       base=True, host=True)
+    chain.prev = _step(b, tree, "root.d", inputs, body, base=True, host=True)
+
+
+def base_elements(b: BuildContext, owners: Set[str]) -> str:
+    """The element data the base layer (root.d) depends on: all of the data of the elements
+    that have root.d scripts, and every element's environment.d (what the hooks' environment
+    is made of). root.d runs first, on an empty tree, and its scripts read their own
+    element's files and the environment, not other elements' data; so element sets that
+    differ only in other elements share the base layer, locally and in a remote cache."""
+    parts = {}
+    for e in b.res.ordered():
+        if e.name in owners:
+            parts[e.name] = layers.tree_digest(e.path, skip_top=PHASE_NAMES + NOT_INPUTS)
+        elif (e.path / "environment.d").is_dir():
+            parts[e.name] = layers.tree_digest(e.path / "environment.d")
+    return layers.step_key(parts)
 
 
 def _extra_data_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:

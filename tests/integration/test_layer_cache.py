@@ -117,8 +117,27 @@ def test_changing_element_data_reruns_every_chroot_step(dib):
     _build(dib, "one")
     (dib.elements / "t-cache" / "data.txt").write_text("new data\n")
     steps = _steps(_build(dib, "two"))
-    assert steps["root.d"]["changed"] == ["elements"]
+    # the base layer depends on the data of root.d's own elements and every environment.d
+    assert steps["root.d"]["cached"]
+    assert "elements" in steps["pre-install.d/20-t-cache-pre"]["changed"]
     assert not steps["install.d/20-t-cache-a"]["cached"]
+
+
+def test_element_sets_that_differ_in_other_elements_share_the_base_layer(dib):
+    _build(dib, "one")
+    make_element(dib.elements, "t-extra", hooks={"install.d": {"30-t-extra": "true\n"}})
+    (dib.elements / "t-extra" / "package-installs.yaml").write_text("{}\n")
+    proc = dib.run("t-cache", "t-extra", name="two")
+    assert proc.returncode == 0, proc.stderr
+    steps = _steps(dib.report("two"))
+    assert steps["root.d"]["cached"]
+    assert not steps["pre-install.d/20-t-cache-pre"]["cached"]
+    # an environment.d changes what root.d's scripts see: no sharing then
+    (dib.elements / "t-extra" / "environment.d").mkdir()
+    (dib.elements / "t-extra" / "environment.d" / "10-t-extra").write_text("export T_X=1\n")
+    proc = dib.run("t-cache", "t-extra", name="three")
+    assert proc.returncode == 0, proc.stderr
+    assert _steps(dib.report("three"))["root.d"]["changed"] == ["elements"]
 
 
 def test_a_dib_variable_is_part_of_the_key(dib):

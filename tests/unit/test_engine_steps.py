@@ -116,3 +116,42 @@ def test_a_later_step_sits_on_the_layers_before_it(build: SimpleNamespace,
     base = steps._step(build, tree, "root.d", {"prev": "root"}, Body(), base=True)
     nxt = steps._step(build, tree, "install.d/10-x", {"prev": base}, Body())
     assert [p.name for p in tree.layers] == [base, nxt]
+
+
+def _element(root: Path, name: str, files: dict) -> SimpleNamespace:
+    for rel, text in files.items():
+        (root / name / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / name / rel).write_text(text)
+    return SimpleNamespace(name=name, path=root / name)
+
+
+def _base_key(tmp_path: Path, extra: dict) -> str:
+    """The base layer's element input for os (with root.d) plus elements named in ``extra``."""
+    elements = [_element(tmp_path / "a", "os", {"root.d/10-os": "#!/bin/sh\n",
+                                                 "package-installs.yaml": "curl:\n"})]
+    elements += [_element(tmp_path / "a", n, files) for n, files in extra.items()]
+    b = SimpleNamespace(res=SimpleNamespace(ordered=lambda: elements))
+    return steps.base_elements(b, {"os"})  # type: ignore[arg-type]
+
+
+def test_the_base_layer_ignores_other_elements_data(tmp_path: Path) -> None:
+    alone = _base_key(tmp_path / "1", {})
+    with_app = _base_key(tmp_path / "2", {"app": {"install.d/10-app": "#!/bin/sh\n",
+                                                  "package-installs.yaml": "nginx:\n",
+                                                  "static/etc/app": "x\n"}})
+    assert with_app == alone
+
+
+def test_the_base_layer_follows_every_environment_d(tmp_path: Path) -> None:
+    alone = _base_key(tmp_path / "1", {})
+    env = _base_key(tmp_path / "2", {"app": {"environment.d/10-app": "export DIB_X=1\n"}})
+    other = _base_key(tmp_path / "3", {"app": {"environment.d/10-app": "export DIB_X=2\n"}})
+    assert len({alone, env, other}) == 3
+
+
+def test_the_base_layer_follows_its_own_elements_data(tmp_path: Path) -> None:
+    one = _base_key(tmp_path / "1", {})
+    elements = [_element(tmp_path / "2", "os", {"root.d/10-os": "#!/bin/sh\n",
+                                                 "package-installs.yaml": "wget:\n"})]
+    b = SimpleNamespace(res=SimpleNamespace(ordered=lambda: elements))
+    assert steps.base_elements(b, {"os"}) != one  # type: ignore[arg-type]
