@@ -25,7 +25,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional
 
 from dib import cmd
 from dib import log as dlog
-from dib.errors import DibError
+from dib.errors import CommandFailed, DibError
 from dib.layers import LayerStore
 from dib.remote import layer as oci_layer
 from dib.remote import oci
@@ -116,7 +116,8 @@ class RemoteCache:
                 return None
             try:
                 found = self._unpack(layout, tmp, key, step_id, inputs)
-            except (Corrupt, oci.BadManifest, oci_layer.BadLayer, DibError, OSError,
+            # (not DibError: an interruption is one, and must go on up)
+            except (Corrupt, oci.BadManifest, oci_layer.BadLayer, CommandFailed, OSError,
                     tarfile.TarError, EOFError) as exc:
                 self.stats.misses += 1
                 self._warn(f"the entry for {step_id} ({key}) is unusable, the step runs "
@@ -167,7 +168,7 @@ class RemoteCache:
                     self._registry_problem(f"pushing {step_id}", exc)
                     return self._push_failed(step_id, str(exc), warn=False)
                 return self._push_failed(step_id, str(exc))
-            except (DibError, OSError) as exc:
+            except (CommandFailed, OSError) as exc:
                 return self._push_failed(step_id, str(exc))
         self.stats.pushed += 1
         # the compressed layer as sent (a registry that had the blob already -- the same

@@ -475,3 +475,39 @@ def test_a_failed_push_fails_the_build_when_strict(tmp_path: Path, zstd_runner: 
     with pytest.raises(DibError, match="pushing the layer of root.d failed"):
         _build(m)
     m.close()
+
+
+def test_an_interruption_while_unpacking_is_not_swallowed(tmp_path: Path,
+                                                         zstd_runner: None) -> None:
+    """A signal arrives while zstd decompresses a pulled layer: the build stops (Interrupted
+    is a DibError, and the pull's error handling must not take it for a bad entry)."""
+    from dib.errors import Interrupted
+
+    registry = FakeRegistry()
+    one = Machine(tmp_path / "one", registry)
+    _build(one)
+
+    def runner(argv: List[str], **kwargs: Any) -> cmd.Result:
+        if argv[:2] == ["zstd", "-d"]:
+            raise Interrupted(15)
+        return cmd.Result(tuple(argv), 0, "", "")
+
+    two = Machine(tmp_path / "two", registry)
+    with cmd.use_runner(runner), pytest.raises(Interrupted):
+        _build(two)
+    assert not list(two.store.dir.glob("tmp-*remote*"))
+    one.close()
+    two.close()
+
+
+def test_dry_run_names_the_remote_cache(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "disk-image-create"), "--dry-run", "-o",
+         str(tmp_path / "i"), "--remote-cache", "oci+http://127.0.0.1:5000/dib",
+         "--remote-cache-push-strict", "-n", "fake-os"],
+        capture_output=True, text=True, cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "ELEMENTS_PATH": str(ROOT / "tests" / "elements"),
+             "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "remote cache: oci+http://127.0.0.1:5000/dib" in proc.stdout + proc.stderr
+    assert "a failed push is an error" in proc.stdout + proc.stderr
