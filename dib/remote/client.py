@@ -30,6 +30,9 @@ from dib.remote.url import RemoteURL
 #: the caller's variables skopeo reads to find credentials and its own configuration
 AUTH_ENV = ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME",
             "HOME", "CONTAINERS_REGISTRIES_CONF")
+#: a registry that accepts connections but never answers must not hang the build: one
+#: operation (a whole layer's transfer) gets this long, then counts as unreachable
+TIMEOUT = "900s"
 #: our own objects carry no signatures: the trust is the registry and the digests
 POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 
@@ -115,7 +118,8 @@ class Skopeo:
         return cls(url, private, env, authfile, secrets or ())
 
     def _argv(self, verb: str, *args: str) -> List[str]:
-        return ["skopeo", "--policy", os.fspath(self.private / "policy.json"), verb, *args]
+        return ["skopeo", "--policy", os.fspath(self.private / "policy.json"),
+                "--command-timeout", TIMEOUT, verb, *args]
 
     def _auth(self, side: str) -> List[str]:
         out = [f"--{side}tls-verify={'true' if self.url.tls else 'false'}"]

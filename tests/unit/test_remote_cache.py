@@ -251,6 +251,10 @@ def test_a_foreign_or_hostile_manifest_is_refused(raw: bytes, why: str) -> None:
      'connection refused"', client.Outcome.UNREACHABLE),
     ('msg="reading manifest y in r/x: unauthorized: authentication required"',
      client.Outcome.DENIED),
+    # a registry that accepts connections and never answers, after --command-timeout
+    ('msg="initializing source docker://127.0.0.1:37397/x:y: pinging container registry '
+     '127.0.0.1:37397: Get \\"http://127.0.0.1:37397/v2/\\": context deadline exceeded"',
+     client.Outcome.UNREACHABLE),
 ])
 def test_skopeo_messages_are_classified(output: str, outcome: client.Outcome) -> None:
     assert client.classify(output) is outcome
