@@ -39,7 +39,7 @@ class BadLayer(Exception):
     """A pulled archive that is not a layer this module would write."""
 
 
-class _HashingWriter:
+class HashingWriter:
     """A write-only file that hashes what passes through (the layer's diff_id)."""
 
     def __init__(self, f: IO[bytes]) -> None:
@@ -85,7 +85,7 @@ def pack(upper: Path, out: IO[bytes]) -> str:
 
     Entries are sorted and carry no user or group names, so the same directory gives the
     same bytes."""
-    writer = _HashingWriter(out)
+    writer = HashingWriter(out)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                       dereference=False) as tar:
         for full, name in _sorted_tree(upper):

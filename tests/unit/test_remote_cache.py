@@ -515,3 +515,35 @@ def test_dry_run_names_the_remote_cache(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "remote cache: oci+http://127.0.0.1:5000/dib" in proc.stdout + proc.stderr
     assert "a failed push is an error" in proc.stdout + proc.stderr
+
+
+def test_finished_images_go_to_the_registry_and_come_back(tmp_path: Path,
+                                                          zstd_runner: None) -> None:
+    from dib.cache import ArtifactCache
+
+    registry = FakeRegistry()
+    one = Machine(tmp_path / "one", registry)
+    images = ArtifactCache(tmp_path / "one" / "cache", "images")
+    key = "f" * 32
+    names = [f"{key}-state", f"{key}-qcow2"]
+    images.store(names[0], ".json", {"state": True}, lambda p: p.write_text('{"os": 1}'))
+    images.store(names[1], ".qcow2", {"tree": "t", "has_esp": True},
+                 lambda p: p.write_bytes(os.urandom(5000)))
+    one.b.remote.push_images(images, names)
+    assert sorted(registry.tags) == sorted(f"image-{n}" for n in names)
+    assert one.b.remote.report()["image_pushes"] == 2
+
+    two = Machine(tmp_path / "two", registry)
+    fresh = ArtifactCache(tmp_path / "two" / "cache", "images")
+    assert two.b.remote.fetch_images(fresh, names)
+    for n in names:
+        got, want = fresh.get(n), images.get(n)
+        assert got is not None and want is not None
+        assert Path(got.path).read_bytes() == Path(want.path).read_bytes()
+        assert Path(got.path).suffix == Path(want.path).suffix and got.inputs == want.inputs
+    assert two.b.remote.report()["image_hits"] == 2
+    # a format nobody pushed: no image (and no warning: it is a plain miss)
+    assert not two.b.remote.fetch_images(fresh, [f"{key}-state", f"{key}-raw"])
+    assert two.b.remote.report()["warnings"] == []
+    one.close()
+    two.close()
