@@ -22,7 +22,7 @@ import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
 
 from dib import cmd
 from dib import log as dlog
@@ -89,6 +89,10 @@ class RemoteCache:
         self.timings = timings
         self.stats = Stats()
         self._n = 0
+        #: the registry's tags, listed at the first local hit (see :meth:`backfill`), and
+        #: those this build pulled or pushed
+        self._tags: Optional[Set[str]] = None
+        self._present: Set[str] = set()
 
     # -- scratch ---------------------------------------------------------------------------
 
@@ -191,6 +195,7 @@ class RemoteCache:
                 return None
         self.stats.hits += 1
         self.stats.bytes_pulled += size
+        self._present.add(oci.tag(key))
         log.info("%s  (from the remote cache, %.1f MiB)", step_id, size / (1 << 20))
         return path
 
@@ -207,7 +212,25 @@ class RemoteCache:
         if not self._push(step_id, pack):
             return False
         self.stats.pushed += 1
+        self._present.add(oci.tag(key))
         return True
+
+    def backfill(self, key: str, layer: Path, step_id: str) -> bool:
+        """A layer the local cache had: push it if the registry lacks it (a builder with a
+        warm cache fills the registry). The registry's tags are listed once per build.
+        Returns whether it was pushed."""
+        if self.stats.disabled is not None or oci.tag(key) in self._present:
+            return False
+        if self._tags is None:
+            try:
+                self._tags = set(self.client.tags())
+            except RegistryError as exc:
+                self._registry_problem("listing the registry's tags", exc)
+                self._tags = set()
+                return False
+        if oci.tag(key) in self._tags:
+            return False
+        return self.push(key, layer, step_id)
 
     def _push(self, label: str, pack: "Callable[[Path], int]") -> bool:
         if self.stats.disabled is not None:

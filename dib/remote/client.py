@@ -140,6 +140,24 @@ class Skopeo:
         self._run(self._argv("copy", *self._auth("src-"), "--retry-times", "0",
                              f"docker://{self.url.reference(tag)}", f"dir:{dest}"))
 
+    def tags(self) -> List[str]:
+        """Every tag of the repository (none when it does not exist yet)."""
+        tls = f"--tls-verify={'true' if self.url.tls else 'false'}"
+        auth = [f"--authfile={self.authfile}"] if self.authfile is not None else []
+        try:
+            out = self._run(self._argv("list-tags", tls, *auth,
+                                       f"docker://{self.url.registry}/{self.url.repo}"))
+        except RegistryError as exc:
+            if exc.outcome is Outcome.MISSING:
+                return []
+            raise
+        try:
+            tags = json.loads(out).get("Tags") or []
+        except (ValueError, AttributeError):
+            raise RegistryError(Outcome.FAILED, "skopeo list-tags printed no tag list") \
+                from None
+        return [str(t) for t in tags]
+
     def push(self, src: Path, tag: str) -> None:
         """The ``dir:`` layout ``src`` to ``tag`` (blobs the registry has are not sent)."""
         self._run(self._argv("copy", *self._auth("dest-"), "--preserve-digests",

@@ -318,7 +318,7 @@ class FakeRegistry:
     an unreachable registry does."""
 
     def __init__(self) -> None:
-        self.tags: Dict[str, Dict[str, bytes]] = {}
+        self.tags_: Dict[str, Dict[str, bytes]] = {}
         self.down = False
         self.calls: List[str] = []
 
@@ -329,18 +329,22 @@ class FakeRegistry:
 
     def pull(self, tag: str, dest: Path) -> None:
         self._check("pull", tag)
-        if tag not in self.tags:
+        if tag not in self.tags_:
             raise client.RegistryError(client.Outcome.MISSING, "manifest unknown")
         dest.mkdir()
-        for name, data in self.tags[tag].items():
+        for name, data in self.tags_[tag].items():
             (dest / name).write_bytes(data)
 
     def push(self, src: Path, tag: str) -> None:
         self._check("push", tag)
-        self.tags[tag] = {p.name: p.read_bytes() for p in src.iterdir()}
+        self.tags_[tag] = {p.name: p.read_bytes() for p in src.iterdir()}
+
+    def tags(self) -> List[str]:
+        self._check("list", "")
+        return list(self.tags_)
 
     def layer_blob(self, tag: str) -> str:
-        manifest = json.loads(self.tags[tag]["manifest.json"])
+        manifest = json.loads(self.tags_[tag]["manifest.json"])
         return manifest["layers"][0]["digest"].split(":")[1]
 
 
@@ -415,7 +419,7 @@ def test_a_built_layer_is_pushed_and_a_fresh_machine_pulls_it(
     one = Machine(tmp_path / "one", registry)
     key, body = _build(one)
     assert body.runs == 1 and one.b.steps[0].remote == "pushed"
-    assert list(registry.tags) == [f"layer-{key}"]
+    assert list(registry.tags_) == [f"layer-{key}"]
     assert one.b.remote.report()["bytes_pushed"] > 0
     two = Machine(tmp_path / "two", registry)
     key2, body2 = _build(two)
@@ -440,8 +444,8 @@ def test_a_corrupt_entry_is_a_miss_with_a_warning(tmp_path: Path, zstd_runner: N
     one = Machine(tmp_path / "one", registry)
     key, _ = _build(one)
     blob = registry.layer_blob(f"layer-{key}")
-    data = registry.tags[f"layer-{key}"][blob]
-    registry.tags[f"layer-{key}"][blob] = data[:-8] + b"corrupt!"
+    data = registry.tags_[f"layer-{key}"][blob]
+    registry.tags_[f"layer-{key}"][blob] = data[:-8] + b"corrupt!"
     two = Machine(tmp_path / "two", registry)
     with caplog.at_level(logging.WARNING, logger="dib.remote"):
         _, body = _build(two)
@@ -530,7 +534,7 @@ def test_finished_images_go_to_the_registry_and_come_back(tmp_path: Path,
     images.store(names[1], ".qcow2", {"tree": "t", "has_esp": True},
                  lambda p: p.write_bytes(os.urandom(5000)))
     one.b.remote.push_images(images, names)
-    assert sorted(registry.tags) == sorted(f"image-{n}" for n in names)
+    assert sorted(registry.tags_) == sorted(f"image-{n}" for n in names)
     assert one.b.remote.report()["image_pushes"] == 2
 
     two = Machine(tmp_path / "two", registry)
@@ -547,3 +551,21 @@ def test_finished_images_go_to_the_registry_and_come_back(tmp_path: Path,
     assert two.b.remote.report()["warnings"] == []
     one.close()
     two.close()
+
+
+def test_a_warm_local_cache_fills_an_empty_registry(tmp_path: Path, zstd_runner: None) -> None:
+    registry = FakeRegistry()
+    m = Machine(tmp_path / "one", registry)
+    remote, m.b.remote = m.b.remote, None
+    key, _ = _build(m)  # built before the remote cache was configured
+    m.b.remote = remote
+    _, body = _build(m)
+    assert body.runs == 0 and m.b.steps[-1].remote == "pushed"
+    assert list(registry.tags_) == [f"layer-{key}"]
+    _build(m)
+    assert m.b.steps[-1].remote == "" and registry.calls.count("list ") == 1
+    fresh = Machine(tmp_path / "two", registry)
+    _, body = _build(fresh)
+    assert body.runs == 0 and fresh.b.steps[-1].remote == "hit"
+    m.close()
+    fresh.close()
