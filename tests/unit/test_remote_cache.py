@@ -154,6 +154,9 @@ def test_overlay_whiteouts_become_oci_whiteouts_and_back(tmp_path: Path) -> None
     os.setxattr(up / "etc/replaced", layer.OPAQUE_XATTR, b"y")
     (up / "etc/replaced/new").write_text("n\n")
     os.setxattr(up / "etc/replaced/new", "trusted.dib-test", b"\x01\xff")
+    # overlayfs's bookkeeping on copied-up entries: dropped
+    os.setxattr(up / "etc", "trusted.overlay.origin", b"\x00\xfb")
+    os.setxattr(up / "etc", "trusted.overlay.impure", b"y")
     data, digest = _pack(up)
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
         names = t.getnames()
@@ -173,6 +176,11 @@ def test_overlay_whiteouts_become_oci_whiteouts_and_back(tmp_path: Path) -> None
     assert not (out / "etc/replaced/.wh..wh..opq").exists()
     assert os.getxattr(out / "etc/replaced/new", "trusted.dib-test") == b"\x01\xff"
     assert _pack(out)[1] == digest
+    assert not [a for a in os.listxattr(out / "etc") if a.startswith("trusted.overlay.")]
+    # a redirect changes what the merged tree shows, and OCI cannot say it
+    os.setxattr(up / "etc", "trusted.overlay.redirect", b"/old")
+    with pytest.raises(layer.Unsupported, match="redirect"):
+        _pack(up)
 
 
 def _tar(tmp_path: Path, members: List[tarfile.TarInfo]) -> Path:
