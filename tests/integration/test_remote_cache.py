@@ -105,8 +105,12 @@ def test_a_fresh_machine_pulls_every_step_and_builds_the_same_tree(dib, oci_regi
 def test_credentials_never_reach_the_log_the_report_or_the_image(dib, oci_registry):
     """The registry takes no login; the credentials are only carried (and must not leak)."""
     secret = "pw-7f3a9c-not-in-any-file"
-    _build(dib, "one", oci_registry.url,
-           extra_env={"DIB_REMOTE_CACHE_CREDENTIALS": f"ci:{secret}"})
+    report = _build(dib, "one", oci_registry.url,
+                    extra_env={"DIB_REMOTE_CACHE_CREDENTIALS": f"ci:{secret}",
+                               "DIB_REMOTE_CACHE_IMAGES": "0"})
+    # (and with DIB_REMOTE_CACHE_IMAGES=0 only layers go to the registry)
+    assert report["remote_cache"]["image_pushes"] == 0
+    assert oci_registry.tags() and all(t.startswith("layer-") for t in oci_registry.tags())
     for path in (dib.logfile("one"), dib.out / "one.d" / "build-report.json",
                  dib.image("one")):
         assert secret.encode() not in path.read_bytes(), path
