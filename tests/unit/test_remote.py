@@ -1,7 +1,7 @@
 """The remote layer cache's pure parts (dib.remote): the URL, the layer tar and its
 whiteouts, the manifest, skopeo's messages, credentials, and the pull/push logic of a step
 against an in-memory registry (no skopeo, no network). tests/integration/test_remote_cache.py
-runs the same against a real registry.
+runs the same against a real registry (skopeo, docker-registry).
 """
 from __future__ import annotations
 
