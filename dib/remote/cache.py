@@ -74,6 +74,8 @@ class Stats:
     warnings: List[str] = field(default_factory=list)
     #: why the remote cache was left alone for the rest of the build (None: it was not)
     disabled: Optional[str] = None
+    #: why nothing more was pushed (the registry refused a push)
+    push_disabled: Optional[str] = None
 
 
 class RemoteCache:
@@ -111,13 +113,23 @@ class RemoteCache:
         log.warning("remote cache %s: %s", self.url, message)
         self.stats.warnings.append(message)
 
-    def _registry_problem(self, doing: str, error: RegistryError) -> None:
+    def _registry_problem(self, doing: str, error: RegistryError, *,
+                          pushing: bool = False) -> None:
+        """Warn about ``error``; an unreachable registry, or one that refuses our
+        credentials, is then left alone for the rest of the build (refused pushes: pushing
+        only; the credentials will not change mid-build)."""
         if error.outcome is Outcome.UNREACHABLE:
             self.stats.disabled = f"unreachable while {doing}: {error}"
             self._warn(f"{self.stats.disabled}; not used for the rest of this build")
         elif error.outcome is Outcome.DENIED:
-            self._warn(f"{doing}: access denied ({error}); check REGISTRY_AUTH_FILE, "
-                       "~/.docker/config.json or DIB_REMOTE_CACHE_CREDENTIALS")
+            why = (f"access denied while {doing} ({error}); check REGISTRY_AUTH_FILE, "
+                   "~/.docker/config.json or DIB_REMOTE_CACHE_CREDENTIALS")
+            if pushing:
+                self.stats.push_disabled = why
+                self._warn(f"{why}; no more pushes in this build")
+            else:
+                self.stats.disabled = why
+                self._warn(f"{why}; not used for the rest of this build")
         else:
             self._warn(f"{doing}: {error}")
 
@@ -233,8 +245,9 @@ class RemoteCache:
         return self.push(key, layer, step_id)
 
     def _push(self, label: str, pack: "Callable[[Path], int]") -> bool:
-        if self.stats.disabled is not None:
-            return self._push_failed(label, self.stats.disabled, warn=False)
+        off = self.stats.disabled or self.stats.push_disabled
+        if off is not None:
+            return self._push_failed(label, off, warn=False)
         with self.timings.measure("phase", "(remote cache push)"), \
                 self._scratch("push") as tmp:
             try:
@@ -242,8 +255,8 @@ class RemoteCache:
             except oci_layer.Unsupported as exc:
                 return self._push_failed(label, f"cannot be expressed as an OCI layer: {exc}")
             except RegistryError as exc:
-                if exc.outcome is Outcome.UNREACHABLE:
-                    self._registry_problem(f"pushing {label}", exc)
+                if exc.outcome in (Outcome.UNREACHABLE, Outcome.DENIED):
+                    self._registry_problem(f"pushing {label}", exc, pushing=True)
                     return self._push_failed(label, str(exc), warn=False)
                 return self._push_failed(label, str(exc))
             except (CommandFailed, OSError) as exc:
@@ -342,6 +355,7 @@ class RemoteCache:
                 "push_failures": s.push_failures, "image_hits": s.image_hits,
                 "image_pushes": s.image_pushes, "bytes_pulled": s.bytes_pulled,
                 "bytes_pushed": s.bytes_pushed, "disabled": s.disabled,
+                "push_disabled": s.push_disabled,
                 "warnings": list(s.warnings)}
 
 
