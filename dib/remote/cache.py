@@ -32,6 +32,7 @@ from dib.layers import LayerStore
 from dib.remote import layer as oci_layer
 from dib.remote import oci
 from dib.remote.client import Outcome, RegistryError, Skopeo
+from dib.remote.client import hint as client_hint
 from dib.remote.url import RemoteURL
 
 log = logging.getLogger("dib.remote")
@@ -119,7 +120,9 @@ class RemoteCache:
         credentials, is then left alone for the rest of the build (refused pushes: pushing
         only; the credentials will not change mid-build)."""
         if error.outcome is Outcome.UNREACHABLE:
-            self.stats.disabled = f"unreachable while {doing}: {error}"
+            what_to_do = client_hint(str(error))
+            self.stats.disabled = f"unreachable while {doing}: {error}" + (
+                f" ({what_to_do})" if what_to_do else "")
             self._warn(f"{self.stats.disabled}; not used for the rest of this build")
         elif error.outcome is Outcome.DENIED:
             why = (f"access denied while {doing} ({error}); check REGISTRY_AUTH_FILE, "

@@ -248,6 +248,15 @@ def test_a_foreign_or_hostile_manifest_is_refused(raw: bytes, why: str) -> None:
 # -- skopeo -----------------------------------------------------------------------------------
 
 
+def test_a_plain_http_registry_behind_oci_scheme_is_unreachable_with_a_hint() -> None:
+    message = ('level=fatal msg="initializing source docker://127.0.0.1:5/dib-cache:layer-x: '
+               'pinging container registry 127.0.0.1:5: Get \\"https://127.0.0.1:5/v2/\\": '
+               'http: server gave HTTP response to HTTPS client"')
+    assert client.classify(message) is client.Outcome.UNREACHABLE
+    assert "oci+http://" in client.hint(message)
+    assert client.hint("manifest unknown") == ""
+
+
 @pytest.mark.parametrize("output, outcome", [
     ('level=fatal msg="initializing source docker://127.0.0.1:1/dib-cache:layer-x: reading '
      'manifest layer-x in 127.0.0.1:1/dib-cache: manifest unknown: manifest unknown"',
