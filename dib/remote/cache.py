@@ -1,11 +1,13 @@
 """What a build does with the remote cache: pull a step's layer on a local miss, push a
-layer after the step that made it.
+layer after the step that made it (or that the local cache had and the registry lacks), and
+the same for the finished-image cache's entries.
 
 Nothing here fails a build, except a push under ``--remote-cache-push-strict``: a missing tag
 is a plain miss; a corrupt entry (a digest that does not match, a manifest or archive that is
 not ours), a refused login or any other registry error is a miss with a warning; an
-unreachable registry is a warning, and the remote cache is then left alone for the rest of
-the build (each further step would only wait for the same timeout).
+unreachable registry (or one that refuses our credentials) is one warning, and the remote
+cache is then left alone for the rest of the build (each further step would only meet the
+same error).
 
 Scratch files (the tar being packed or unpacked, skopeo's ``dir:`` layouts) live in the
 layer store's directory as ``tmp-<pid>-remote-*``, on the cache's filesystem rather than in
@@ -22,7 +24,20 @@ import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    cast,
+)
 
 from dib import cmd
 from dib import log as dlog
@@ -52,7 +67,8 @@ UNUSABLE = (Corrupt, oci.BadManifest, oci_layer.BadLayer, CommandFailed, OSError
 def _pack_file(path: Path, name: str, out: "IO[bytes]") -> str:
     """A tar holding only ``path`` as ``name`` (a finished image file); returns its sha256."""
     writer = oci_layer.HashingWriter(out)
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=cast("IO[bytes]", writer), mode="w|",
+                      format=tarfile.PAX_FORMAT) as tar:
         info = tar.gettarinfo(path, arcname=name)
         info.uname = info.gname = ""
         info.uid = info.gid = 0
