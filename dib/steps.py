@@ -78,8 +78,20 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
             tree.add_layer(hit)
             if host:
                 b.store.restore_hooks_delta(key, b.wd.hooks)
-            b.steps.append(StepRecord(step_id, key, True, 0.0))
+            backfilled = b.remote is not None and b.remote.backfill(key, hit, step_id)
+            b.steps.append(StepRecord(step_id, key, True, 0.0,
+                                      remote="pushed" if backfilled else ""))
             log.info("%s  (cached)", step_id)
+            return key
+    for key, candidate in candidates if b.remote is not None else ():
+        assert b.remote is not None
+        pulled = b.remote.fetch(key, step_id, candidate)
+        if pulled is not None:
+            tree.add_layer(pulled)
+            if host:
+                b.store.restore_hooks_delta(key, b.wd.hooks)
+            b.steps.append(StepRecord(step_id, key, True, round(time.monotonic() - start, 3),
+                                      remote="hit"))
             return key
     key = candidates[0][0]
     before = layers.snapshot(b.wd.hooks) if host else None
@@ -108,7 +120,11 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
     if before is not None:
         b.store.save_hooks_delta(key, b.wd.hooks, before)
     tree.add_layer(layer)
-    b.steps.append(StepRecord(step_id, key, False, round(time.monotonic() - start, 3), changed))
+    remote = ""
+    if b.remote is not None:
+        remote = "pushed" if b.remote.push(key, layer, step_id) else "push failed"
+    b.steps.append(StepRecord(step_id, key, False, round(time.monotonic() - start, 3), changed,
+                              remote))
     return key
 
 
