@@ -28,7 +28,7 @@ DOC = ROOT / "docs" / "architecture.md"
 #: below the package ``x``). Keep in step with the table in docs/architecture.md, "Layers".
 LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("entry points", ("__main__", "cli")),
-    ("front ends", ("dryrun", "recipe")),
+    ("front ends", ("dryrun", "farm", "farmtask", "farmworker", "recipe")),
     ("the build", ("build",)),
     ("stages", ("disk", "steps")),
     ("context", ("context",)),
