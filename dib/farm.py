@@ -58,7 +58,7 @@ def _dask() -> Any:
 
 def _connect(address: str) -> Any:
     try:
-        return _dask().Client(address, timeout=CONNECT_TIMEOUT, set_as_default=False)
+        return _dask().Client(address, timeout=CONNECT_TIMEOUT)
     except (OSError, TimeoutError) as exc:
         raise ConfigError(f"--farm {address}: cannot reach the Dask scheduler ({exc})",
                           hint="is `dask scheduler` running there, and the port open? "

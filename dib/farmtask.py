@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,9 +44,13 @@ WORKER_OWNED = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "PWD", "TERM", "LANG", "LC_ALL", "TMPDIR",
     "TMP_DIR", "ELEMENTS_PATH", "DIB_FARM", "DIB_IMAGE_CACHE", "DIB_CACHE_MAX_SIZE",
     "DIB_CACHE_MIN_FREE", "DIB_MIN_TMPFS", "DIB_NO_TMPFS", "DIB_LOCKFILES",
-    "REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "DIB_REMOTE_CACHE_USERNAME",
-    "DIB_REMOTE_CACHE_PASSWORD", "DIB_REMOTE_CACHE_TOKEN",
+    "REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "DIB_REMOTE_CACHE_CREDENTIALS",
+    "PYTHONPATH", "VIRTUAL_ENV",
     "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"})
+
+#: names of variables taken for secrets: never shipped from the submitter's environment
+#: (the workers have their own credentials); a recipe's ``environment`` is shipped as written
+SECRET_WORDS = re.compile(r"PASSWORD|PASSWD|TOKEN|SECRET|CREDENTIAL|API_KEY", re.I)
 
 #: settings variables that name a file the build reads: shipped with the task
 FILE_VARIABLES = ("DIB_VAGRANT_VAGRANTFILE", "DIB_LIBVIRT_TEMPLATE")
@@ -83,7 +88,7 @@ def shipped_env(image_env: Mapping[str, str], own: Mapping[str, str]) -> Dict[st
     settings_vars = {name for s in SETTINGS for name in s.env}
     out = {}
     for name, value in image_env.items():
-        if name in WORKER_OWNED:
+        if name in WORKER_OWNED or (name not in own and SECRET_WORDS.search(name)):
             continue
         if name in own or name.startswith("DIB_") or name in settings_vars:
             out[name] = value

@@ -30,7 +30,7 @@ import socket
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Mapping, Optional, Tuple
 
@@ -70,9 +70,12 @@ class Outcome:
     steps: int = 0
     hits: int = 0
     remote_hits: int = 0
+    #: layers pushed to the remote cache, and the bytes moved each way
+    pushed: int = 0
+    bytes_pulled: int = 0
+    bytes_pushed: int = 0
     error: str = ""
     report: str = ""
-    extra: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -106,12 +109,16 @@ def child_argv(task: Task, python: str = sys.executable) -> List[str]:
     return ["setpriv", "--pdeathsig", "SIGTERM", "--", python, "-m", "dib", *task.argv]
 
 
-def report_counts(report: Mapping[str, Any]) -> Tuple[int, int, int]:
-    """(steps, cached, from the remote cache) of a build report."""
+def report_counts(report: Mapping[str, Any]) -> Dict[str, int]:
+    """What a build report says of its steps and of the remote cache: steps, hits (local or
+    remote), remote_hits, pushed, bytes_pulled, bytes_pushed."""
     steps = report.get("steps") or []
-    remote = sum(1 for s in steps if s.get("remote") or s.get("source") == "remote"
-                 or s.get("cached") == "remote")
-    return len(steps), sum(1 for s in steps if s.get("cached")), remote
+    remote = report.get("remote_cache") or {}
+    return {"steps": len(steps), "hits": sum(1 for s in steps if s.get("cached")),
+            "remote_hits": sum(1 for s in steps if s.get("remote") == "hit"),
+            "pushed": sum(1 for s in steps if s.get("remote") == "pushed"),
+            "bytes_pulled": int(remote.get("bytes_pulled") or 0),
+            "bytes_pushed": int(remote.get("bytes_pushed") or 0)}
 
 
 def _worker() -> Any:
@@ -193,13 +200,16 @@ def build(task: Task) -> Outcome:
         report = json.loads(Path(task.report).read_text())
     except (OSError, ValueError):
         pass
-    steps, hits, remote = report_counts(report)
+    counts = report_counts(report)
     outputs = tuple(o["path"] for o in report.get("outputs") or [] if "path" in o)
     error = "" if rc == 0 else (report.get("error") or (list(tail) or [f"exit {rc}"])[-1])
     outcome = Outcome(key=task.key, label=task.label, worker=worker, host=host,
                       returncode=rc, seconds=seconds, tail="\n".join(tail),
-                      outputs=outputs if rc == 0 else (), steps=steps, hits=hits,
-                      remote_hits=remote, error=str(error), report=task.report)
+                      outputs=outputs if rc == 0 else (), steps=counts["steps"],
+                      hits=counts["hits"], remote_hits=counts["remote_hits"],
+                      pushed=counts["pushed"], bytes_pulled=counts["bytes_pulled"],
+                      bytes_pushed=counts["bytes_pushed"], error=str(error),
+                      report=task.report)
     _event("finished", task, worker=worker, returncode=rc, seconds=round(seconds, 1))
     return outcome
 

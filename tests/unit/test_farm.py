@@ -48,9 +48,12 @@ def test_the_environment_shipped_leaves_the_workers_own_behind() -> None:
     image_env = {"PATH": "/x", "HOME": "/home/me", "TMP_DIR": "/mine", "DIB_FARM": "tcp://h:1",
                  "DIB_IMAGE_CACHE": "/c", "SSH_AUTH_SOCK": "/run/agent", "FS_TYPE": "xfs",
                  "DIB_RELEASE": "bookworm", "MY_HOOK_VAR": "1", "ELEMENTS_PATH": "/e",
-                 "REGISTRY_AUTH_FILE": "/secret.json"}
+                 "REGISTRY_AUTH_FILE": "/secret.json", "DIB_REMOTE_CACHE_CREDENTIALS": "u:p",
+                 "DIB_MIRROR_TOKEN": "t0k", "DIB_REMOTE_CACHE": "oci://reg/dib"}
     shipped = farmtask.shipped_env(image_env, own={"MY_HOOK_VAR": "1"})
-    assert shipped == {"FS_TYPE": "xfs", "DIB_RELEASE": "bookworm", "MY_HOOK_VAR": "1"}
+    # the remote cache's address goes with the image, never a credential
+    assert shipped == {"FS_TYPE": "xfs", "DIB_RELEASE": "bookworm", "MY_HOOK_VAR": "1",
+                       "DIB_REMOTE_CACHE": "oci://reg/dib"}
 
 
 def test_files_named_by_settings_are_shipped_and_a_block_device_file_inlined(tmp_path) -> None:
@@ -195,12 +198,15 @@ def test_a_build_runs_as_a_child_and_reports(tmp_path, monkeypatch) -> None:
     task = _task(tmp_path, elements=farmtask.pack_elements([("t-mine", el)]),
                  element_names=("t-mine",))
     report = {"status": "ok", "outputs": [{"path": "/o/a.tar", "bytes": 3}],
-              "steps": [{"cached": True, "remote": True}, {"cached": True}, {"cached": False}]}
+              "steps": [{"cached": True, "remote": "hit"}, {"cached": True},
+                        {"cached": False, "remote": "pushed"}],
+              "remote_cache": {"bytes_pulled": 10, "bytes_pushed": 20}}
     runner, seen = _fake_build(tmp_path, 0, report)
     with cmd.use_runner(runner):
         out = farmworker.build(task)
     assert out.ok and out.outputs == ("/o/a.tar",)
-    assert (out.steps, out.hits, out.remote_hits) == (3, 2, 1)
+    assert (out.steps, out.hits, out.remote_hits, out.pushed) == (3, 2, 1, 1)
+    assert (out.bytes_pulled, out.bytes_pushed) == (10, 20)
     assert seen["argv"][-4:] == ["dib", "-o", "/o/a", "fake-os"]
     assert seen["cwd"] == os.fspath(tmp_path) and "DIB_FARM" not in seen["env"]
     assert list((tmp_path / "wtmp").iterdir()) == []     # the task's directory is gone
