@@ -45,6 +45,7 @@ from dib.workdir import workdir
 
 if TYPE_CHECKING:
     from dib.boottest import BootResult
+    from dib.remote.cache import RemoteCache
 
 log = logging.getLogger("dib.build")
 
@@ -143,7 +144,8 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                 b = BuildContext(cfg, res, wd, hooks.assemble(res, wd.hooks),
                                  hook_environment(cfg, res, wd, catalogue, disk_config),
                                  logfile, timings,
-                                 store, chroot.host_resolv_copy(wd.base / "resolv.conf"))
+                                 store, chroot.host_resolv_copy(wd.base / "resolv.conf"),
+                                 remote=_remote_cache(cfg, store, timings))
                 run = outputs.Run(cfg, timings, tuple(res.order), written=b.outputs)
                 _build(b, run, disk_config)
             status = "ok"
@@ -176,6 +178,22 @@ def build_image(cfg: BuildConfig) -> BuildResult:
         if cfg.boot_test:
             _boot_test(cfg, uefi=b.has_esp, timings=timings, report_path=report_path)
     return BuildResult(b.outputs, report_path, logfile)
+
+
+def _remote_cache(cfg: BuildConfig, store: LayerStore,
+                  timings: dlog.Timings) -> Optional["RemoteCache"]:
+    """--remote-cache, when set and the layer cache is on (imported only then)."""
+    if cfg.remote_cache is None:
+        return None
+    if not store.enabled:
+        log.info("remote cache %s not used: the layer cache is off (--no-cache or break=)",
+                 cfg.remote_cache)
+        return None
+    from dib.remote.cache import open_remote
+
+    return open_remote(cfg.remote_cache, store, arch=cfg.arch,
+                       strict=cfg.remote_cache_strict, caller_env=cfg.env,
+                       credentials=cfg.remote_cache_credentials, timings=timings)
 
 
 #: what a process prints when a write fails with ENOSPC
@@ -300,7 +318,9 @@ def _write_report(path: Path, cfg: BuildConfig, res: resolver.Resolution,
         "scripts": [{"script": n, "element": x.get("element"), "seconds": round(s, 3)}
                     for n, s, x in timings.of("script")],
         "steps": [{"step": s.label, "key": s.key, "cached": s.hit, "seconds": s.seconds,
-                   "changed": list(s.changed)} for s in (b.steps if b else [])],
+                   "changed": list(s.changed), **({"remote": s.remote} if s.remote else {})}
+                  for s in (b.steps if b else [])],
+        **({"remote_cache": b.remote.report()} if b is not None and b.remote else {}),
         "outputs": [{"path": os.fspath(p), "bytes": p.stat().st_size}
                     for p in outs if p.exists()],
         "log": os.fspath(logfile),

@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from dib.outputs.container import ContainerSettings
     from dib.outputs.libvirt import DomainSettings
     from dib.outputs.vagrant import VagrantSettings
+    from dib.remote.url import RemoteURL
 
 
 class ImageFormat(str, enum.Enum):
@@ -186,6 +187,22 @@ def _shell_command(value: str) -> str:
     if not _words(value):
         raise Invalid("must name a command")
     return value
+
+
+def _remote_cache(value: str) -> "RemoteURL":
+    from dib.remote import url  # only when a remote cache is asked for
+
+    try:
+        return url.parse(value)
+    except url.BadURL as why:
+        raise Invalid(str(why)) from None
+
+
+def _credentials(value: str) -> Tuple[str, str]:
+    user, sep, password = value.partition(":")
+    if not sep or not user or not password:  # never quote the value: it holds a secret
+        raise Invalid("must be USER:PASSWORD (the value is not shown)")
+    return user, password
 
 
 def _abs_path(value: str) -> Path:
@@ -543,6 +560,19 @@ SETTINGS: Tuple[Setting, ...] = (
        accepts="a size such as 5G, or 0", bad="lots", good="0"),
     _s("no_cache", "neither reuse nor store tree layers and finished images (downloads stay "
        "cached)", ("--no-cache",), "no-cache", ("DIB_NO_CACHE",), "flag", **_BOOL),
+    _s("remote_cache", "share tree layers through an OCI registry: pull a step's layer on a "
+       "local miss, push it after the step is built (docs/caching.md)", ("--remote-cache",),
+       "remote-cache", ("DIB_REMOTE_CACHE",), parse=_remote_cache, metavar="URL",
+       accepts="oci://HOST[:PORT]/REPO (HTTPS) or oci+http://HOST[:PORT]/REPO (plain HTTP)",
+       default_text="none", bad="http://registry/dib", good="oci+http://127.0.0.1:5000/dib"),
+    _s("remote_cache_strict", "a layer that cannot be pushed to the remote cache fails the "
+       "build (otherwise: a warning)", ("--remote-cache-push-strict",),
+       "remote-cache-push-strict", ("DIB_REMOTE_CACHE_STRICT",), "flag", **_BOOL),
+    _s("remote_cache_credentials", "the remote cache registry's credentials (else they come "
+       "from REGISTRY_AUTH_FILE or ~/.docker/config.json); never logged, never passed to "
+       "hooks", env=("DIB_REMOTE_CACHE_CREDENTIALS",), parse=_credentials,
+       accepts="USER:PASSWORD (or USER:TOKEN)", default_text="none", bad="nocolon",
+       good="ci:s3cret"),
     _s("offline", "never touch the network", ("--offline",), "offline", ("DIB_OFFLINE",),
        "flag", **_BOOL),
     _s("no_tmpfs", "do not build in a tmpfs", ("--no-tmpfs",), "no-tmpfs", ("DIB_NO_TMPFS",),
@@ -714,6 +744,11 @@ class BuildConfig:
     overwrite: bool = False
     keep_workdir: bool = False
     no_cache: bool = False
+    #: --remote-cache: the OCI registry that shares layers (None: no remote cache)
+    remote_cache: Optional["RemoteURL"] = None
+    remote_cache_strict: bool = False
+    #: DIB_REMOTE_CACHE_CREDENTIALS (never in repr, logs or the hooks' environment)
+    remote_cache_credentials: Optional[Tuple[str, str]] = field(default=None, repr=False)
     #: DIB_CACHE_MAX_SIZE / DIB_CACHE_MIN_FREE: the cache is pruned (least recently used
     #: first) to at most this size, and further while its filesystem has less free than that
     cache_max_bytes: int = 20 << 30
@@ -914,6 +949,9 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
         overwrite=bool(v["overwrite"]),
         keep_workdir=v["keep_workdir"],
         no_cache=bool(v["no_cache"]),
+        remote_cache=v["remote_cache"],
+        remote_cache_strict=bool(v["remote_cache_strict"]),
+        remote_cache_credentials=v["remote_cache_credentials"],
         cache_max_bytes=v["cache_max_size"],
         cache_min_free_bytes=v["cache_min_free"],
         block_device_config=v["block_device_config"],
@@ -945,6 +983,11 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
         argv=tuple(argv),
         env=env,
     )
+
+
+#: variables of the remote cache: no input of any layer (where a layer is shared does not
+#: change it), never passed to hooks (the password least of all)
+REMOTE_CACHE_PREFIX = "DIB_REMOTE_CACHE"
 
 
 def group_values(env: Mapping[str, str], prefix: str) -> Dict[str, Any]:

@@ -18,11 +18,11 @@ import shlex
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Mapping, Optional
 
 import yaml
 
-from dib import blockdev, chroot, cmd, dibcompat, element, hooks, resolver
+from dib import blockdev, chroot, cmd, config, dibcompat, element, hooks, resolver
 from dib import log as dlog
 from dib.config import BuildConfig
 from dib.errors import DibError
@@ -30,6 +30,9 @@ from dib.layers import LayerStore, StepRecord
 from dib.phases import BY_NAME, Phase, of_stage
 from dib.runparts import Breaks, PhaseContext, Runner, phase_environment
 from dib.workdir import Workdir
+
+if TYPE_CHECKING:  # the remote cache is imported only when one is configured
+    from dib.remote.cache import RemoteCache
 
 log = logging.getLogger("dib.build")
 
@@ -69,6 +72,8 @@ class BuildContext:
     #: a copy of the host's resolv.conf, bind-mounted into chroots
     resolv: Path
     record: BuildRecord = field(default_factory=BuildRecord)
+    #: --remote-cache: layers pulled on a local miss and pushed once built (None: off)
+    remote: Optional["RemoteCache"] = None
     #: logs: every output written, every tree step with its cache outcome
     outputs: List[Path] = field(default_factory=list)
     steps: List[StepRecord] = field(default_factory=list)
@@ -165,7 +170,8 @@ def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
     ``DIB_PYTHON_EXEC`` that imports diskimage_builder and ``_LIB``, and the block-device
     config's labels and mount points (``disk_config``, else dib's fallback config).
     """
-    env = {k: v for k, v in cfg.env.items() if k not in DROPPED_ENV and "%%" not in k}
+    env = {k: v for k, v in cfg.env.items() if k not in DROPPED_ENV and "%%" not in k
+           and not k.startswith(config.REMOTE_CACHE_PREFIX)}
     hookbin = dibcompat.install_hookbin(wd.hooks)
     paths = {n: os.fspath(res.elements[n].path) for n in res.order}
     elements = [(n, res.elements[n].path) for n in res.order]
@@ -193,7 +199,8 @@ def hook_environment(cfg: BuildConfig, res: resolver.Resolution, wd: Workdir,
         "DIB_DEBUG_TRACE": str(cfg.trace),
         "DIB_ARGS": shlex.join(cfg.argv),
         "DIB_ENV": "".join(f"export {k}={shlex.quote(v)}\n"
-                           for k, v in sorted(cfg.env.items()) if k.startswith("DIB_")),
+                           for k, v in sorted(cfg.env.items()) if k.startswith("DIB_")
+                           and not k.startswith(config.REMOTE_CACHE_PREFIX)),
         "DIB_ROOT_LABEL": root_label,
         "DIB_ROOT_FSTYPE": cfg.fs_type,
         "FS_TYPE": cfg.fs_type,

@@ -99,6 +99,8 @@ class StepRecord:
     hit: bool
     seconds: float
     changed: Tuple[str, ...] = ()
+    #: the remote cache's part: "hit" (pulled), "pushed", "push failed", "" (none)
+    remote: str = ""
 
 
 class LayerStore:
@@ -172,10 +174,20 @@ class LayerStore:
             log.debug("step %s wrote into the hooks tree: %s", key, ", ".join(sorted(delta)))
         self._index.set_note(f"hooks:{key}", delta)
 
+    def hooks_delta(self, key: str) -> Dict[str, Any]:
+        """The hooks-tree files kept with ``key``'s layer: path -> [mode, base64 data]."""
+        return (self._index.note(f"hooks:{key}") if self._index is not None else None) or {}
+
+    def set_hooks_delta(self, key: str, delta: Mapping[str, Any]) -> None:
+        if self._index is not None:
+            self._index.set_note(f"hooks:{key}", dict(delta))
+
+    def add_scratch(self, path: Path) -> None:
+        """Remove ``path`` with this build's other scratch directories (:meth:`close`)."""
+        self._uncommitted.append(path)
+
     def restore_hooks_delta(self, key: str, hooks: Path) -> None:
-        if self._index is None:
-            return
-        for rel, (mode, data) in (self._index.note(f"hooks:{key}") or {}).items():
+        for rel, (mode, data) in self.hooks_delta(key).items():
             path = hooks / rel
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(base64.b64decode(data))
@@ -231,8 +243,9 @@ def build_inputs(arch: str, env: Mapping[str, str], packages: Sequence[str]) -> 
     volatile = {"DIB_IMAGE_CACHE", "DIB_LOCKFILES", "DIB_DEBUG_TRACE", "DIB_ARGS", "DIB_ENV",
                 "DIB_PYTHON_EXEC", "DIB_ENGINE_PYTHON", "DIB_OFFLINE", "DIB_QUIET",
                 "DIB_NO_TIMESTAMP", "DIB_CHROOT_CACHE"}
+    # where layers are shared (DIB_REMOTE_CACHE*) changes no layer
     dib_vars = {k: v for k, v in env.items() if k.startswith("DIB_") and k not in volatile
-                and not k.startswith(OUTPUT_ONLY_PREFIXES)}
+                and not k.startswith(OUTPUT_ONLY_PREFIXES + ("DIB_REMOTE_CACHE",))}
     apt = hashlib.sha256()
     for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         with contextlib.suppress(OSError):

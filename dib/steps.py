@@ -81,6 +81,16 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
             b.steps.append(StepRecord(step_id, key, True, 0.0))
             log.info("%s  (cached)", step_id)
             return key
+    for key, candidate in candidates if b.remote is not None else ():
+        assert b.remote is not None
+        pulled = b.remote.fetch(key, step_id, candidate)
+        if pulled is not None:
+            tree.add_layer(pulled)
+            if host:
+                b.store.restore_hooks_delta(key, b.wd.hooks)
+            b.steps.append(StepRecord(step_id, key, True, round(time.monotonic() - start, 3),
+                                      remote="hit"))
+            return key
     key = candidates[0][0]
     before = layers.snapshot(b.wd.hooks) if host else None
     last = b.store.last_inputs(step_id)
@@ -108,7 +118,11 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
     if before is not None:
         b.store.save_hooks_delta(key, b.wd.hooks, before)
     tree.add_layer(layer)
-    b.steps.append(StepRecord(step_id, key, False, round(time.monotonic() - start, 3), changed))
+    remote = ""
+    if b.remote is not None:
+        remote = "pushed" if b.remote.push(key, layer, step_id) else "push failed"
+    b.steps.append(StepRecord(step_id, key, False, round(time.monotonic() - start, 3), changed,
+                              remote))
     return key
 
 

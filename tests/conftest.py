@@ -46,3 +46,15 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def test_elements() -> Path:
     return TEST_ELEMENTS
+
+
+@pytest.fixture
+def oci_registry(tmp_path):
+    """A running OCI registry on 127.0.0.1 (tests/lib/registry.py): ``.url`` is what
+    --remote-cache takes; stopped at the end of the test (``.stop()`` stops it earlier)."""
+    from tests.lib import registry
+
+    if not registry.available():
+        pytest.skip(registry.SKIP_REASON)
+    with registry.running(tmp_path / "registry") as reg:
+        yield reg

@@ -3,7 +3,7 @@ input changed, and a host step's writes into the hooks tree come back with its l
 
 No root: mounts go to the fake command runner, the layer store is a directory in tmp_path.
 This drives ``steps._step`` with a stand-in for the BuildContext (only ``store``, ``wd``,
-``steps`` and ``chroot``), so it stays small: adapt the stand-in if the context's shape
+``steps``, ``chroot`` and ``remote``), so it stays small: adapt the stand-in if the context's shape
 changes, not the assertions.
 """
 from __future__ import annotations
@@ -38,7 +38,7 @@ def build(tmp_path: Path) -> Iterator[SimpleNamespace]:
         yield mnt
 
     yield SimpleNamespace(store=store, wd=SimpleNamespace(hooks=hooks), steps=[],
-                          chroot=chroot)
+                          chroot=chroot, remote=None)
     store.close()
 
 

@@ -34,9 +34,9 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("context", ("context",)),
     ("engine", ("blockdev", "blockdev.*", "bootstrap", "boottest",
                 "chroot", "content_keys", "dibcompat", "hooks", "interrupt", "layers",
-                "outputs", "outputs.*", "package_installs", "resolver", "runparts", "tree",
-                "workdir")),
-    ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap")),
+                "outputs", "outputs.*", "package_installs", "remote", "remote.*", "resolver",
+                "runparts", "tree", "workdir")),
+    ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap", "remote.url")),
     ("leaves", ("", "cmd", "errors", "log", "phases")),
 )
 
