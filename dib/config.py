@@ -610,6 +610,11 @@ SETTINGS: Tuple[Setting, ...] = (
        metavar="tcp://SCHEDULER:8786", accepts="a Dask scheduler address, "
        "tcp://HOST[:PORT] or tls://HOST[:PORT] (port 8786 unless given)",
        bad="http://scheduler", good="tcp://127.0.0.1:8786"),
+    _s("farm_layer_locks", "set by a farm worker for the builds it runs: with a remote "
+       "cache, a layer missing from it is built by one build of the farm at a time, the "
+       "others wait and pull it (docs/farm.md)", env=("DIB_FARM_LAYER_LOCKS",),
+       parse=_farm_address, accepts="the farm's Dask scheduler address",
+       default_text="none", bad="scheduler:8786", good="tcp://127.0.0.1:8786"),
     # -- debugging ------------------------------------------------------------------------
     _s("debug", "show tracebacks on errors", ("--debug",), kind="flag"),
     _s("debug_traceback", "as --debug", env=("DIB_DEBUG_TRACEBACK",), kind="flag", **_BOOL),
@@ -772,6 +777,8 @@ class BuildConfig:
     dry_run: bool = False
     #: --farm / DIB_FARM: the Dask scheduler a --recipe is built on (None: this machine)
     farm: Optional[str] = None
+    #: DIB_FARM_LAYER_LOCKS: the scheduler whose locks a farm worker's build takes
+    farm_layer_locks: Optional[str] = None
     action: str = "build"
     argv: Tuple[str, ...] = ()
     #: the caller's environment as hooks should see it (after ``-c``); the engine reads its
@@ -980,6 +987,7 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
         debug=v["debug"] or bool(v["debug_traceback"]),
         dry_run=v["dry_run"],
         farm=v["farm"],
+        farm_layer_locks=v["farm_layer_locks"],
         argv=tuple(argv),
         env=env,
     )

@@ -42,8 +42,8 @@ NOT_SHIPPED = ("recipe", "stop_on_failure", "farm", "dry_run", "cleanup", "eleme
 #: variables the worker's own environment decides (never taken from the submitter)
 WORKER_OWNED = frozenset({
     "PATH", "HOME", "USER", "LOGNAME", "SHELL", "PWD", "TERM", "LANG", "LC_ALL", "TMPDIR",
-    "TMP_DIR", "ELEMENTS_PATH", "DIB_FARM", "DIB_IMAGE_CACHE", "DIB_CACHE_MAX_SIZE",
-    "DIB_CACHE_MIN_FREE", "DIB_MIN_TMPFS", "DIB_NO_TMPFS", "DIB_LOCKFILES",
+    "TMP_DIR", "ELEMENTS_PATH", "DIB_FARM", "DIB_FARM_LAYER_LOCKS", "DIB_IMAGE_CACHE",
+    "DIB_CACHE_MAX_SIZE", "DIB_CACHE_MIN_FREE", "DIB_MIN_TMPFS", "DIB_NO_TMPFS", "DIB_LOCKFILES",
     "REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "DIB_REMOTE_CACHE_CREDENTIALS",
     "PYTHONPATH", "VIRTUAL_ENV",
     "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY"})

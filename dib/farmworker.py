@@ -88,10 +88,11 @@ def tmp_dir(environ: Mapping[str, str]) -> Path:
 
 
 def child_env(task: Task, environ: Mapping[str, str], elements: Optional[Path],
-              files: Mapping[str, Path]) -> Dict[str, str]:
+              files: Mapping[str, Path], scheduler: Optional[str] = None) -> Dict[str, str]:
     """The build's environment: what belongs to this machine from ``environ`` (its PATH,
     cache, TMP_DIR, credentials, a remote cache of its own unless the task names one),
-    then the task's variables, the shipped elements and files; never DIB_FARM."""
+    then the task's variables, the shipped elements and files; never DIB_FARM; the
+    ``scheduler``'s address as DIB_FARM_LAYER_LOCKS (dib.farmlock)."""
     env = {k: v for k, v in environ.items() if k in WORKER_OWNED or k == "DIB_REMOTE_CACHE"}
     env.setdefault("PATH", cmd.SAFE_PATH)
     env.update(task.env)
@@ -101,6 +102,9 @@ def child_env(task: Task, environ: Mapping[str, str], elements: Optional[Path],
         env["ELEMENTS_PATH"] = os.fspath(elements)
     for name, path in files.items():
         env[name] = os.fspath(path)
+    env.pop("DIB_FARM_LAYER_LOCKS", None)
+    if scheduler:
+        env["DIB_FARM_LAYER_LOCKS"] = scheduler
     return env
 
 
@@ -177,7 +181,7 @@ def build(task: Task) -> Outcome:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_bytes(data)
             files[name] = path
-        env = child_env(task, environ, elements, files)
+        env = child_env(task, environ, elements, files, _scheduler())
         cwd = task.cwd if os.path.isdir(task.cwd) else os.fspath(scratch)
         _event("started", task, worker=worker, host=host, pid=os.getpid())
         log.info("farm: building %s (%s)", task.label, task.key)
@@ -212,6 +216,14 @@ def build(task: Task) -> Outcome:
                       report=task.report)
     _event("finished", task, worker=worker, returncode=rc, seconds=round(seconds, 1))
     return outcome
+
+
+def _scheduler() -> Optional[str]:
+    """The address of this worker's scheduler (None outside a worker)."""
+    try:
+        return str(_worker().scheduler.address)
+    except Exception:
+        return None
 
 
 def _where() -> Tuple[str, str]:

@@ -76,7 +76,7 @@ def test_install_requires_is_what_dib_imports() -> None:
 
 
 #: the modules that may import the farm extra (docs/farm.md): nothing else loads Dask
-FARM_MODULES = ("dib/farm.py", "dib/farmworker.py")
+FARM_MODULES = ("dib/farm.py", "dib/farmlock.py", "dib/farmworker.py")
 
 
 def test_the_farm_extra_is_imported_by_the_farm_modules_alone() -> None:

@@ -159,9 +159,11 @@ def test_the_child_environment_is_the_workers_plus_the_tasks(tmp_path) -> None:
     worker_env = {"PATH": "/usr/bin", "DIB_IMAGE_CACHE": "/w/cache", "TMP_DIR": "/w/tmp",
                   "DIB_REMOTE_CACHE": "oci://reg/own", "DIB_RELEASE": "trixie",
                   "SOMETHING_ELSE": "x"}
-    env = farmworker.child_env(_task(tmp_path), worker_env, tmp_path / "el",
-                               {"DIB_LIBVIRT_TEMPLATE": tmp_path / "t.xml"})
-    assert env == {"PATH": "/usr/bin", "DIB_IMAGE_CACHE": "/w/cache", "TMP_DIR": "/w/tmp",
+    env = farmworker.child_env(_task(tmp_path), {**worker_env, "DIB_FARM_LAYER_LOCKS": "x"},
+                               tmp_path / "el", {"DIB_LIBVIRT_TEMPLATE": tmp_path / "t.xml"},
+                               scheduler="tcp://10.0.0.1:8786")
+    assert env == {"DIB_FARM_LAYER_LOCKS": "tcp://10.0.0.1:8786",
+                   "PATH": "/usr/bin", "DIB_IMAGE_CACHE": "/w/cache", "TMP_DIR": "/w/tmp",
                    "DIB_REMOTE_CACHE": "oci://reg/own", "DIB_RELEASE": "bookworm",
                    "ELEMENTS_PATH": os.fspath(tmp_path / "el"),
                    "DIB_LIBVIRT_TEMPLATE": os.fspath(tmp_path / "t.xml")}
@@ -262,3 +264,73 @@ def test_nothing_but_farm_imports_dask(tmp_path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().endswith("no dask")
     assert "--farm builds the images of a --recipe" in proc.stderr
+
+
+# -- layer locks -------------------------------------------------------------------------------
+
+class FakeRemote:
+    def __init__(self, layers):
+        self.layers, self.fetched, self.pushed = dict(layers), [], []
+
+    def fetch(self, key, step_id, inputs):
+        self.fetched.append(key)
+        return self.layers.get(key)
+
+    def push(self, key, layer, step_id):
+        self.pushed.append(key)
+        self.layers[key] = layer
+        return True
+
+    def report(self):
+        return {"hits": 0}
+
+
+class FakeLock:
+    def __init__(self, free, remote=None, then=None):
+        self.free, self.remote, self.then, self.events = free, remote, then, []
+
+    def acquire(self, blocking=True, timeout=None):
+        self.events.append("acquire" if blocking else "try")
+        if not blocking and not self.free:
+            return False
+        if blocking and self.then:      # the other build pushes while we wait
+            self.remote.layers.update(self.then)
+        return True
+
+    def release(self):
+        self.events.append("release")
+
+
+def test_a_missing_layer_is_built_under_its_lock_and_given_back_after_the_push(tmp_path):
+    from dib import farmlock
+
+    remote = FakeRemote({})
+    locked = farmlock.LockedRemote(remote, "tcp://127.0.0.1:1")
+    lock = FakeLock(free=True)
+    locked._lock = lambda key: lock
+    assert locked.fetch("k1", "install.d/10-x", {}) is None     # ours to build
+    assert lock.events == ["try"]
+    assert locked.push("k1", tmp_path, "install.d/10-x") is True
+    assert lock.events == ["try", "release"] and remote.pushed == ["k1"]
+    assert locked.report() == {"hits": 0, "farm_waits": 0}
+
+
+def test_a_build_that_finds_the_layer_being_made_waits_and_pulls_it(tmp_path):
+    from dib import farmlock
+
+    remote = FakeRemote({})
+    locked = farmlock.LockedRemote(remote, "tcp://127.0.0.1:1")
+    lock = FakeLock(free=False, remote=remote, then={"k1": tmp_path})
+    locked._lock = lambda key: lock
+    assert locked.fetch("k1", "install.d/10-x", {}) == tmp_path
+    assert lock.events == ["try", "acquire", "release"]
+    assert remote.fetched == ["k1", "k1"] and locked.waited == 1
+
+
+def test_without_a_scheduler_a_build_goes_on_alone(tmp_path):
+    from dib import farmlock
+
+    locked = farmlock.LockedRemote(FakeRemote({}), "tcp://127.0.0.1:1")
+    locked._broken = True
+    assert locked.fetch("k1", "s", {}) is None
+    assert locked.push("k1", tmp_path, "s") is True

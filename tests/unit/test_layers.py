@@ -33,7 +33,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("stages", ("disk", "steps")),
     ("context", ("context",)),
     ("engine", ("blockdev", "blockdev.*", "bootstrap", "boottest",
-                "chroot", "content_keys", "dibcompat", "hooks", "interrupt", "layers",
+                "chroot", "content_keys", "dibcompat", "farmlock", "hooks", "interrupt", "layers",
                 "outputs", "outputs.*", "package_installs", "remote", "remote.*", "resolver",
                 "runparts", "tree", "workdir")),
     ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap", "remote.url")),
