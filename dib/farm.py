@@ -121,8 +121,10 @@ def _run(client: Any, packed: Sequence[farmtask.Task], stop: bool,
     done_n = 0
     try:
         while pending:
-            finished, pending = wait(pending, timeout=HEARTBEAT, return_when="FIRST_COMPLETED")
-            if not finished:
+            try:
+                finished, pending = wait(pending, timeout=HEARTBEAT,
+                                         return_when="FIRST_COMPLETED")
+            except TimeoutError:
                 _heartbeat(client, pending, by_key, where)
                 continue
             for fut in finished:
