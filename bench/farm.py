@@ -135,7 +135,8 @@ def _reexec_in_venv() -> None:
         venv_python = REPO / ".venv" / "bin" / "python"
         if venv_python.exists() and Path(sys.executable) != venv_python:
             os.execv(str(venv_python), [str(venv_python), *sys.argv])
-        raise SystemExit("farm.py needs dib's farm extra: python3 bin/dib-host-setup --test")
+        raise SystemExit("farm.py needs dib's farm extra: "
+                         "python3 bin/dib-host-setup --test") from None
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -235,7 +236,8 @@ def main(argv: Optional[List[str]] = None) -> int:
               "goals": {"c/a": 0.15, "d/b-first": 0.3}}
     lines = [f"# Farm benchmark {stamp}", "", f"images: {', '.join(meta['images'])}",
              f"workers: {args.workers} (on this machine)", "",
-             "| run | wall s | ok | steps | cached | remote hits | pushed | MiB pulled | MiB pushed |",
+             "| run | wall s | ok | steps | cached | remote hits | pushed | MiB pulled "
+             "| MiB pushed |",
              "|---|---|---|---|---|---|---|---|---|"]
     for key in ("a_dib", "b_ours", "c_farm", "d_fresh"):
         r = rows.get(key)

@@ -143,8 +143,8 @@ def test_a_worker_killed_mid_build_loses_nothing(dib, cluster):
         pid, victim = _building(cluster)
         worker_pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
         assert leaks.mounts_under(victim.tmp_dir)          # the build has its tree mounted
+        os.killpg(pid, signal.SIGKILL)       # the build first, so it cannot unwind
         os.kill(worker_pid, signal.SIGKILL)
-        os.killpg(pid, signal.SIGKILL)
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:
