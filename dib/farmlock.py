@@ -98,7 +98,10 @@ class LockedRemote:
         try:
             return self.remote.push(key, layer, step_id)
         finally:
-            self._release(key)
+            # every lock held was taken for this step (a step may miss under two keys, its
+            # content key and its chained one): all are given back with its layer
+            for held in list(self._held):
+                self._release(held)
 
     def _release(self, key: str) -> None:
         lock = self._held.pop(key, None)

@@ -3,8 +3,10 @@ scheduler and two worker processes, each with its own TMP_DIR and image cache as
 machine of its own (tests/lib/farm.py). docs/farm.md."""
 from __future__ import annotations
 
+import collections
 import hashlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -164,3 +166,31 @@ def test_a_worker_killed_mid_build_loses_nothing(dib, cluster):
     assert leaks.loops_under(victim.tmp_dir) == []
     assert "farm worker start: " in victim.log.read_text()
     assert list(victim.tmp_dir.glob("dib_build.*")) == []
+
+
+def test_every_shared_layer_is_built_once_in_the_farm(dib, cluster, oci_registry):
+    """Three images sharing a prefix, two workers with empty caches of their own and one
+    registry: no layer is built twice, and what one worker built the other pulled."""
+    _elements(dib)
+    images = [_image(dib, "base", "t-common"), _image(dib, "a", "t-only-a"),
+              _image(dib, "b", "t-only-b")]
+    for image in images:
+        image["remote-cache"] = oci_registry.url
+    result = _farm(dib, cluster, _recipe(dib, images))
+    assert result.returncode == 0, result.stderr
+    reports = {n: dib.report(n) for n in ("base", "a", "b")}
+    built = collections.Counter(s["key"] for r in reports.values() for s in r["steps"]
+                                if not s["cached"])
+    assert built and set(built.values()) == {1}, built
+    everywhere = set.intersection(*({s["key"] for s in r["steps"]} for r in reports.values()))
+    assert everywhere                                   # the prefix the three share
+    workers = set(re.findall(r"building on \S+ \((tcp://[^)]+)\)", result.stderr))
+    remote_hits = [s for r in reports.values() for s in r["steps"] if s.get("remote") == "hit"]
+    if len(workers) == 2:          # both took images: one pulled what the other built
+        assert remote_hits, result.stderr
+        assert {s["key"] for s in remote_hits} <= set(built)
+    for n in ("base", "a", "b"):               # and the images are what they should be
+        local = dib.run(*(["t-common"] if n == "base" else [f"t-only-{n}"]),
+                        name=f"local-{n}", args=["--no-cache"])
+        assert local.returncode == 0, local.stderr
+        assert _content(dib.image(n)) == _content(dib.image(f"local-{n}"))
