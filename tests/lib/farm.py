@@ -104,20 +104,60 @@ class Cluster:
             return {w["name"]: a for a, w in client.scheduler_info()["workers"].items()}
 
     def __exit__(self, *exc) -> None:
-        procs = [w.proc for w in self.workers if w.proc] + [self.scheduler]
+        procs = [p for p in [w.proc for w in self.workers] + [self.scheduler] if p is not None]
+        # the nannies' worker processes, and whatever those started, die with them
+        family = {pid for p in procs for pid in descendants(p.pid)}
         for p in procs:
-            if p is not None and p.poll() is None:
+            if p.poll() is None:
                 _signal_group(p.pid, signal.SIGTERM)
         deadline = time.monotonic() + 30
         for p in procs:
-            if p is None:
-                continue
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 pass
             _signal_group(p.pid, signal.SIGKILL)
             p.wait()
+        for pid in family:
+            _kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while any(_alive(pid) for pid in family) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+
+def descendants(pid: int) -> List[int]:
+    """Every process below ``pid`` (from /proc's parent links)."""
+    children: Dict[int, List[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kill(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _signal_group(pgid: int, sig: int) -> None:
