@@ -92,6 +92,11 @@ def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> Non
     if images is not None and outputs.restore(run, images, key):
         b.record.has_esp = run.has_esp
         return
+    entries = outputs.cache_entries(b.cfg, key)
+    if images is not None and b.remote is not None and \
+            b.remote.fetch_images(images, entries) and outputs.restore(run, images, key):
+        b.record.has_esp = run.has_esp
+        return
     if disk_config is None:
         steps.finalise_tree_only(b, tree)
         with tree.view(b.wd.built) as view:
@@ -105,6 +110,8 @@ def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> Non
     if images is not None:
         with b.timings.measure("phase", "(cache image)"):
             outputs.store(run, images, key, inputs)
+        if b.remote is not None:
+            b.remote.push_images(images, entries)
 
 
 def build_image(cfg: BuildConfig) -> BuildResult:
@@ -167,8 +174,10 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                           time.time() - started)
         _prune_cache(cfg)
         hits = sum(1 for s in b.steps if s.hit)
-        log.info("build completed successfully (%d of %d steps from the cache)", hits,
-                 len(b.steps))
+        pulled = sum(1 for s in b.steps if s.remote == "hit")
+        log.info("build completed successfully (%d of %d steps from the cache%s)", hits,
+                 len(b.steps), f", {pulled} of them pulled from the remote cache"
+                 if b.remote is not None else "")
         assert run is not None
         outputs.finish(run, outputs.BuildSummary(
             elements={n: res.elements[n].path for n in res.order},

@@ -104,6 +104,11 @@ def plan(cfg: BuildConfig) -> List[str]:
     lines.append(f"image cache: {cfg.image_cache}"
                  + (" (layers and images neither reused nor stored: --no-cache)"
                     if cfg.no_cache else ""))
+    if cfg.remote_cache is not None:
+        failed = "an error" if cfg.remote_cache_strict else "a warning"
+        lines.append(f"remote cache: {cfg.remote_cache} (layers pulled on a local miss, pushed "
+                     f"once built; a failed push is {failed})"
+                     + ("; off with --no-cache" if cfg.no_cache else ""))
     if not cfg.use_tmpfs:
         lines.append(f"work directory: on disk under {cfg.tmp_dir} (--no-tmpfs / DIB_NO_TMPFS)")
     else:

@@ -78,7 +78,9 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
             tree.add_layer(hit)
             if host:
                 b.store.restore_hooks_delta(key, b.wd.hooks)
-            b.steps.append(StepRecord(step_id, key, True, 0.0))
+            backfilled = b.remote is not None and b.remote.backfill(key, hit, step_id)
+            b.steps.append(StepRecord(step_id, key, True, 0.0,
+                                      remote="pushed" if backfilled else ""))
             log.info("%s  (cached)", step_id)
             return key
     for key, candidate in candidates if b.remote is not None else ():

@@ -40,8 +40,9 @@ from dib.outputs import container, libvirt, manifest, ova, qemu, tar, vagrant, v
 from dib.outputs.base import Family, Needs, Run
 from dib.outputs.manifest import BuildSummary, TreeFacts
 
-__all__ = ["FAMILIES", "BuildSummary", "Family", "Needs", "Run", "TreeFacts", "cache_inputs",
-           "check", "family_of", "finish", "restore", "store", "write_disk", "write_tree"]
+__all__ = ["FAMILIES", "BuildSummary", "Family", "Needs", "Run", "TreeFacts", "cache_entries",
+           "cache_inputs", "check", "family_of", "finish", "restore", "store", "write_disk",
+           "write_tree"]
 
 log = logging.getLogger("dib.outputs")
 
@@ -119,6 +120,12 @@ def store(run: Run, images: ArtifactCache, key: str, inputs: Mapping[str, Any]) 
                      {**inputs, "has_esp": run.has_esp},
                      functools.partial(family.store, run.cfg.output_path(fmt)))
     manifest.store_facts(images, key, run.facts)
+
+
+def cache_entries(cfg: BuildConfig, key: str) -> List[str]:
+    """The finished-image cache entries :func:`store` makes for ``key`` (and :func:`restore`
+    needs): the tree's facts, then one per output format."""
+    return [f"{key}-state"] + [f"{key}-{fmt.value}" for fmt in cfg.formats]
 
 
 def finish(run: Run, summary: BuildSummary) -> Optional[Path]:

@@ -30,6 +30,9 @@ from dib.remote.url import RemoteURL
 #: the caller's variables skopeo reads to find credentials and its own configuration
 AUTH_ENV = ("REGISTRY_AUTH_FILE", "DOCKER_CONFIG", "XDG_RUNTIME_DIR", "XDG_CONFIG_HOME",
             "HOME", "CONTAINERS_REGISTRIES_CONF")
+#: a registry that accepts connections but never answers must not hang the build: one
+#: operation (a whole layer's transfer) gets this long, then counts as unreachable
+TIMEOUT = "900s"
 #: our own objects carry no signatures: the trust is the registry and the digests
 POLICY = {"default": [{"type": "insecureAcceptAnything"}]}
 
@@ -115,7 +118,8 @@ class Skopeo:
         return cls(url, private, env, authfile, secrets or ())
 
     def _argv(self, verb: str, *args: str) -> List[str]:
-        return ["skopeo", "--policy", os.fspath(self.private / "policy.json"), verb, *args]
+        return ["skopeo", "--policy", os.fspath(self.private / "policy.json"),
+                "--command-timeout", TIMEOUT, verb, *args]
 
     def _auth(self, side: str) -> List[str]:
         out = [f"--{side}tls-verify={'true' if self.url.tls else 'false'}"]
@@ -135,6 +139,24 @@ class Skopeo:
         """The manifest and blobs of ``tag`` into the (new or empty) directory ``dest``."""
         self._run(self._argv("copy", *self._auth("src-"), "--retry-times", "0",
                              f"docker://{self.url.reference(tag)}", f"dir:{dest}"))
+
+    def tags(self) -> List[str]:
+        """Every tag of the repository (none when it does not exist yet)."""
+        tls = f"--tls-verify={'true' if self.url.tls else 'false'}"
+        auth = [f"--authfile={self.authfile}"] if self.authfile is not None else []
+        try:
+            out = self._run(self._argv("list-tags", tls, *auth,
+                                       f"docker://{self.url.registry}/{self.url.repo}"))
+        except RegistryError as exc:
+            if exc.outcome is Outcome.MISSING:
+                return []
+            raise
+        try:
+            tags = json.loads(out).get("Tags") or []
+        except (ValueError, AttributeError):
+            raise RegistryError(Outcome.FAILED, "skopeo list-tags printed no tag list") \
+                from None
+        return [str(t) for t in tags]
 
     def push(self, src: Path, tag: str) -> None:
         """The ``dir:`` layout ``src`` to ``tag`` (blobs the registry has are not sent)."""

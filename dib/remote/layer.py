@@ -10,7 +10,9 @@ Owners are numeric, modes, times, symlinks, hard links, devices and extended att
 (``security.capability`` and the like, as PAX ``SCHILY.xattr.*`` records) are kept.
 Directories that overlayfs marked in ways an OCI layer cannot say -- redirects, metacopy
 files -- make :func:`pack` refuse the layer (:class:`Unsupported`); with the kernel defaults
-(redirect_dir and metacopy off) upper directories have neither.
+(redirect_dir and metacopy off) upper directories have neither. overlayfs's bookkeeping
+attributes (``trusted.overlay.origin``, ``impure``, ...) are left out: they keep inode
+numbers stable and mean nothing in another tree.
 
 A pulled archive is checked before anything is written: no absolute names, no ``..``, no
 member below a symlink of the same archive, hard links only to earlier members.
@@ -29,6 +31,10 @@ OPAQUE = ".wh..wh..opq"
 OVERLAY_XATTR = "trusted.overlay."
 OPAQUE_XATTR = "trusted.overlay.opaque"
 PAX_XATTR = "SCHILY.xattr."
+#: overlayfs attributes that change what the merged tree shows and that an OCI layer has no
+#: word for; the others (origin, impure, nlink, ...) only serve overlayfs's inode numbers and
+#: bookkeeping and are dropped
+UNSUPPORTED_XATTRS = {"trusted.overlay.redirect", "trusted.overlay.metacopy"}
 
 
 class Unsupported(Exception):
@@ -39,7 +45,7 @@ class BadLayer(Exception):
     """A pulled archive that is not a layer this module would write."""
 
 
-class _HashingWriter:
+class HashingWriter:
     """A write-only file that hashes what passes through (the layer's diff_id)."""
 
     def __init__(self, f: IO[bytes]) -> None:
@@ -85,7 +91,7 @@ def pack(upper: Path, out: IO[bytes]) -> str:
 
     Entries are sorted and carry no user or group names, so the same directory gives the
     same bytes."""
-    writer = _HashingWriter(out)
+    writer = HashingWriter(out)
     with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
                       dereference=False) as tar:
         for full, name in _sorted_tree(upper):
@@ -96,7 +102,7 @@ def pack(upper: Path, out: IO[bytes]) -> str:
                 parent, base = os.path.split(name)
                 tar.addfile(_plain(os.path.join(parent, WHITEOUT_PREFIX + base), st.st_mtime))
                 continue
-            strange = set(overlay) - {OPAQUE_XATTR}
+            strange = set(overlay) & UNSUPPORTED_XATTRS
             if strange:
                 raise Unsupported(f"/{name} has overlayfs attributes an OCI layer cannot "
                                   f"express ({', '.join(sorted(strange))})")

@@ -43,6 +43,11 @@ def tag(key: str) -> str:
     return f"layer-{key}"
 
 
+def image_tag(name: str) -> str:
+    """The tag of a finished-image cache entry (``<key>-<format>`` or ``<key>-state``)."""
+    return f"image-{name}"
+
+
 def _json(doc: Mapping[str, Any]) -> bytes:
     return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -55,9 +60,11 @@ def config_blob(arch: str, diff_id: str, step: str) -> bytes:
 
 def manifest(*, key: str, step: str, config_digest: str, config_size: int,
              layer_digest: str, layer_size: int, diff_id: str,
-             hooks: Optional[Mapping[str, Any]] = None) -> bytes:
+             hooks: Optional[Mapping[str, Any]] = None,
+             extra: Optional[Mapping[str, str]] = None) -> bytes:
     annotations = {ANNOTATION + "format": FORMAT, ANNOTATION + "key": key,
-                   ANNOTATION + "step": step, ANNOTATION + "diff-id": f"sha256:{diff_id}"}
+                   ANNOTATION + "step": step, ANNOTATION + "diff-id": f"sha256:{diff_id}",
+                   **(extra or {})}
     if hooks:
         annotations[ANNOTATION + "hooks"] = json.dumps(hooks, sort_keys=True)
     return _json({
@@ -78,6 +85,8 @@ class Entry:
     layer_size: int
     diff_id: str
     hooks: Dict[str, Any]
+    #: every annotation of the manifest
+    annotations: Dict[str, str]
 
 
 def _hex_digest(value: object, what: str) -> str:
@@ -113,7 +122,8 @@ def parse_manifest(raw: bytes, key: str) -> Entry:
     _check_hooks(hooks)
     return Entry(key, str(notes.get(ANNOTATION + "step", "")),
                  _hex_digest(layers[0].get("digest"), "the layer digest"), size,
-                 _hex_digest(notes.get(ANNOTATION + "diff-id"), "the diff-id"), hooks)
+                 _hex_digest(notes.get(ANNOTATION + "diff-id"), "the diff-id"), hooks,
+                 {str(k): str(v) for k, v in notes.items()})
 
 
 def _check_hooks(hooks: object) -> None:

@@ -4,7 +4,9 @@ distribution server), storage in a temporary directory, a free port, plain HTTP.
     with registry.running(tmp_path / "registry") as reg:
         reg.url                      # oci+http://127.0.0.1:PORT/dib-cache (--remote-cache)
         reg.tags()                   # the repository's tags
+        reg.manifest(tag)            # a tag's manifest (dict)
         reg.blob_file(digest)        # where a blob's bytes are stored (to corrupt it)
+        reg.delete(tag)              # remove a tag
         reg.stop()                   # take it away mid-test (idempotent)
 
 The pytest fixture ``oci_registry`` (tests/conftest.py) wraps :func:`running` and skips when
@@ -95,6 +97,18 @@ class Registry:
 
     def manifest(self, tag: str) -> dict:
         return json.loads(self._get(f"/v2/{self.repo}/manifests/{tag}"))
+
+    def delete(self, tag: str) -> None:
+        """Remove ``tag`` (its manifest) from the repository."""
+        req = urllib.request.Request(
+            f"http://{self.address}/v2/{self.repo}/manifests/{tag}", method="HEAD",
+            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            digest = r.headers["Docker-Content-Digest"]
+        req = urllib.request.Request(
+            f"http://{self.address}/v2/{self.repo}/manifests/{digest}", method="DELETE")
+        with urllib.request.urlopen(req, timeout=10):
+            pass
 
     def blob_file(self, digest: str) -> Path:
         """The file holding blob ``sha256:...`` in the filesystem storage."""

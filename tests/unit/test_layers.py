@@ -34,8 +34,9 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("context", ("context",)),
     ("engine", ("blockdev", "blockdev.*", "bootstrap", "boottest",
                 "chroot", "content_keys", "dibcompat", "farmlock", "hooks", "interrupt", "layers",
-                "outputs", "outputs.*", "package_installs", "remote", "remote.*", "resolver",
-                "runparts", "tree", "workdir")),
+                "outputs", "outputs.*", "package_installs", "remote", "remote.cache",
+                "remote.client", "remote.layer", "remote.oci", "resolver", "runparts", "tree",
+                "workdir")),
     ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap", "remote.url")),
     ("leaves", ("", "cmd", "errors", "log", "phases")),
 )

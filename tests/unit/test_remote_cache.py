@@ -154,6 +154,9 @@ def test_overlay_whiteouts_become_oci_whiteouts_and_back(tmp_path: Path) -> None
     os.setxattr(up / "etc/replaced", layer.OPAQUE_XATTR, b"y")
     (up / "etc/replaced/new").write_text("n\n")
     os.setxattr(up / "etc/replaced/new", "trusted.dib-test", b"\x01\xff")
+    # overlayfs's bookkeeping on copied-up entries: dropped
+    os.setxattr(up / "etc", "trusted.overlay.origin", b"\x00\xfb")
+    os.setxattr(up / "etc", "trusted.overlay.impure", b"y")
     data, digest = _pack(up)
     with tarfile.open(fileobj=io.BytesIO(data)) as t:
         names = t.getnames()
@@ -173,6 +176,11 @@ def test_overlay_whiteouts_become_oci_whiteouts_and_back(tmp_path: Path) -> None
     assert not (out / "etc/replaced/.wh..wh..opq").exists()
     assert os.getxattr(out / "etc/replaced/new", "trusted.dib-test") == b"\x01\xff"
     assert _pack(out)[1] == digest
+    assert not [a for a in os.listxattr(out / "etc") if a.startswith("trusted.overlay.")]
+    # a redirect changes what the merged tree shows, and OCI cannot say it
+    os.setxattr(up / "etc", "trusted.overlay.redirect", b"/old")
+    with pytest.raises(layer.Unsupported, match="redirect"):
+        _pack(up)
 
 
 def _tar(tmp_path: Path, members: List[tarfile.TarInfo]) -> Path:
@@ -251,6 +259,10 @@ def test_a_foreign_or_hostile_manifest_is_refused(raw: bytes, why: str) -> None:
      'connection refused"', client.Outcome.UNREACHABLE),
     ('msg="reading manifest y in r/x: unauthorized: authentication required"',
      client.Outcome.DENIED),
+    # a registry that accepts connections and never answers, after --command-timeout
+    ('msg="initializing source docker://127.0.0.1:37397/x:y: pinging container registry '
+     '127.0.0.1:37397: Get \\"http://127.0.0.1:37397/v2/\\": context deadline exceeded"',
+     client.Outcome.UNREACHABLE),
 ])
 def test_skopeo_messages_are_classified(output: str, outcome: client.Outcome) -> None:
     assert client.classify(output) is outcome
@@ -314,7 +326,7 @@ class FakeRegistry:
     an unreachable registry does."""
 
     def __init__(self) -> None:
-        self.tags: Dict[str, Dict[str, bytes]] = {}
+        self.tags_: Dict[str, Dict[str, bytes]] = {}
         self.down = False
         self.calls: List[str] = []
 
@@ -325,18 +337,22 @@ class FakeRegistry:
 
     def pull(self, tag: str, dest: Path) -> None:
         self._check("pull", tag)
-        if tag not in self.tags:
+        if tag not in self.tags_:
             raise client.RegistryError(client.Outcome.MISSING, "manifest unknown")
         dest.mkdir()
-        for name, data in self.tags[tag].items():
+        for name, data in self.tags_[tag].items():
             (dest / name).write_bytes(data)
 
     def push(self, src: Path, tag: str) -> None:
         self._check("push", tag)
-        self.tags[tag] = {p.name: p.read_bytes() for p in src.iterdir()}
+        self.tags_[tag] = {p.name: p.read_bytes() for p in src.iterdir()}
+
+    def tags(self) -> List[str]:
+        self._check("list", "")
+        return list(self.tags_)
 
     def layer_blob(self, tag: str) -> str:
-        manifest = json.loads(self.tags[tag]["manifest.json"])
+        manifest = json.loads(self.tags_[tag]["manifest.json"])
         return manifest["layers"][0]["digest"].split(":")[1]
 
 
@@ -411,7 +427,7 @@ def test_a_built_layer_is_pushed_and_a_fresh_machine_pulls_it(
     one = Machine(tmp_path / "one", registry)
     key, body = _build(one)
     assert body.runs == 1 and one.b.steps[0].remote == "pushed"
-    assert list(registry.tags) == [f"layer-{key}"]
+    assert list(registry.tags_) == [f"layer-{key}"]
     assert one.b.remote.report()["bytes_pushed"] > 0
     two = Machine(tmp_path / "two", registry)
     key2, body2 = _build(two)
@@ -436,8 +452,8 @@ def test_a_corrupt_entry_is_a_miss_with_a_warning(tmp_path: Path, zstd_runner: N
     one = Machine(tmp_path / "one", registry)
     key, _ = _build(one)
     blob = registry.layer_blob(f"layer-{key}")
-    data = registry.tags[f"layer-{key}"][blob]
-    registry.tags[f"layer-{key}"][blob] = data[:-8] + b"corrupt!"
+    data = registry.tags_[f"layer-{key}"][blob]
+    registry.tags_[f"layer-{key}"][blob] = data[:-8] + b"corrupt!"
     two = Machine(tmp_path / "two", registry)
     with caplog.at_level(logging.WARNING, logger="dib.remote"):
         _, body = _build(two)
@@ -475,3 +491,89 @@ def test_a_failed_push_fails_the_build_when_strict(tmp_path: Path, zstd_runner: 
     with pytest.raises(DibError, match="pushing the layer of root.d failed"):
         _build(m)
     m.close()
+
+
+def test_an_interruption_while_unpacking_is_not_swallowed(tmp_path: Path,
+                                                         zstd_runner: None) -> None:
+    """A signal arrives while zstd decompresses a pulled layer: the build stops (Interrupted
+    is a DibError, and the pull's error handling must not take it for a bad entry)."""
+    from dib.errors import Interrupted
+
+    registry = FakeRegistry()
+    one = Machine(tmp_path / "one", registry)
+    _build(one)
+
+    def runner(argv: List[str], **kwargs: Any) -> cmd.Result:
+        if argv[:2] == ["zstd", "-d"]:
+            raise Interrupted(15)
+        return cmd.Result(tuple(argv), 0, "", "")
+
+    two = Machine(tmp_path / "two", registry)
+    with cmd.use_runner(runner), pytest.raises(Interrupted):
+        _build(two)
+    assert not list(two.store.dir.glob("tmp-*remote*"))
+    one.close()
+    two.close()
+
+
+def test_dry_run_names_the_remote_cache(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bin" / "disk-image-create"), "--dry-run", "-o",
+         str(tmp_path / "i"), "--remote-cache", "oci+http://127.0.0.1:5000/dib",
+         "--remote-cache-push-strict", "-n", "fake-os"],
+        capture_output=True, text=True, cwd=ROOT,
+        env={"PATH": os.environ["PATH"], "ELEMENTS_PATH": str(ROOT / "tests" / "elements"),
+             "HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr
+    assert "remote cache: oci+http://127.0.0.1:5000/dib" in proc.stdout + proc.stderr
+    assert "a failed push is an error" in proc.stdout + proc.stderr
+
+
+def test_finished_images_go_to_the_registry_and_come_back(tmp_path: Path,
+                                                          zstd_runner: None) -> None:
+    from dib.cache import ArtifactCache
+
+    registry = FakeRegistry()
+    one = Machine(tmp_path / "one", registry)
+    images = ArtifactCache(tmp_path / "one" / "cache", "images")
+    key = "f" * 32
+    names = [f"{key}-state", f"{key}-qcow2"]
+    images.store(names[0], ".json", {"state": True}, lambda p: p.write_text('{"os": 1}'))
+    images.store(names[1], ".qcow2", {"tree": "t", "has_esp": True},
+                 lambda p: p.write_bytes(os.urandom(5000)))
+    one.b.remote.push_images(images, names)
+    assert sorted(registry.tags_) == sorted(f"image-{n}" for n in names)
+    assert one.b.remote.report()["image_pushes"] == 2
+
+    two = Machine(tmp_path / "two", registry)
+    fresh = ArtifactCache(tmp_path / "two" / "cache", "images")
+    assert two.b.remote.fetch_images(fresh, names)
+    for n in names:
+        got, want = fresh.get(n), images.get(n)
+        assert got is not None and want is not None
+        assert Path(got.path).read_bytes() == Path(want.path).read_bytes()
+        assert Path(got.path).suffix == Path(want.path).suffix and got.inputs == want.inputs
+    assert two.b.remote.report()["image_hits"] == 2
+    # a format nobody pushed: no image (and no warning: it is a plain miss)
+    assert not two.b.remote.fetch_images(fresh, [f"{key}-state", f"{key}-raw"])
+    assert two.b.remote.report()["warnings"] == []
+    one.close()
+    two.close()
+
+
+def test_a_warm_local_cache_fills_an_empty_registry(tmp_path: Path, zstd_runner: None) -> None:
+    registry = FakeRegistry()
+    m = Machine(tmp_path / "one", registry)
+    remote, m.b.remote = m.b.remote, None
+    key, _ = _build(m)  # built before the remote cache was configured
+    m.b.remote = remote
+    _, body = _build(m)
+    assert body.runs == 0 and m.b.steps[-1].remote == "pushed"
+    assert list(registry.tags_) == [f"layer-{key}"]
+    _build(m)
+    assert m.b.steps[-1].remote == "" and registry.calls.count("list ") == 1
+    fresh = Machine(tmp_path / "two", registry)
+    _, body = _build(fresh)
+    assert body.runs == 0 and fresh.b.steps[-1].remote == "hit"
+    m.close()
+    fresh.close()
