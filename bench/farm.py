@@ -202,8 +202,7 @@ def main(argv: Optional[List[str]] = None) -> int:
             r.update(reports(dirs["out"] / "b", [n for n, _, _ in images]))
             rows["b_ours"] = r
             # (c) the farm: empty worker caches, warm registry
-            with Cluster(wd / "run" / "farm", n_workers=args.workers,
-                         env={"DIB_NO_TMPFS": "1"}) as cluster:
+            with Cluster(wd / "run" / "farm", n_workers=args.workers) as cluster:
                 rec = recipe(wd / "run" / "recipe-c.yaml", dirs["out"] / "c", images, reg.url)
                 r = timed([sys.executable, str(b.OUR_CLI), "--recipe", str(rec), "--farm",
                            cluster.address], oenv, dirs["logs"] / "c.log")
