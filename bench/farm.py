@@ -94,6 +94,15 @@ def reports(out: Path, names: List[str]) -> Dict[str, Any]:
     return tot
 
 
+def _drop_outputs(out: Path) -> None:
+    """The images below ``out`` (their reports stay)."""
+    for p in out.iterdir() if out.is_dir() else []:
+        if p.is_file():
+            p.unlink()
+        elif p.is_dir() and not p.name.endswith(".d"):
+            shutil.rmtree(p, ignore_errors=True)
+
+
 def recipe(path: Path, out: Path, images, remote: Optional[str]) -> Path:
     import yaml
 
@@ -119,6 +128,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--venv", help="venv with diskimage-builder (as bench.py)")
     p.add_argument("--sudo", choices=["auto", "host", "shim"], default="auto")
     p.add_argument("--workdir", type=Path, default=Path("/var/tmp/dib-farm-bench"))
+    p.add_argument("--keep", action="store_true",
+                   help="keep the run's caches, registry and logs (GiBs; default: removed, "
+                        "each stage's images as soon as it is measured)")
     args = p.parse_args(argv)
     args.workdir = args.workdir.resolve()
     if not 1 <= args.images <= len(IMAGES):
@@ -201,6 +213,15 @@ def main(argv: Optional[List[str]] = None) -> int:
                       dirs["logs"] / "b.log")
             r.update(reports(dirs["out"] / "b", [n for n, _, _ in images]))
             rows["b_ours"] = r
+            try:
+                first = json.loads((dirs["out"] / "b" / f"{images[0][0]}.d" /
+                                    "build-report.json").read_text())["seconds"]
+            except (OSError, ValueError, KeyError):
+                first = None
+            rows["b_first_image_s"] = first
+            # GiBs nobody reads again: the registry holds what (c) and (d) need
+            _drop_outputs(dirs["out"] / "b")
+            shutil.rmtree(dirs["cache"] / "ours", ignore_errors=True)
             # (c) the farm: empty worker caches, warm registry
             with Cluster(wd / "run" / "farm", n_workers=args.workers) as cluster:
                 rec = recipe(wd / "run" / "recipe-c.yaml", dirs["out"] / "c", images, reg.url)
@@ -208,6 +229,9 @@ def main(argv: Optional[List[str]] = None) -> int:
                            cluster.address], oenv, dirs["logs"] / "c.log")
                 r.update(reports(dirs["out"] / "c", [n for n, _, _ in images]))
                 rows["c_farm"] = r
+                _drop_outputs(dirs["out"] / "c")
+                for w in cluster.workers:
+                    shutil.rmtree(w.cache, ignore_errors=True)
             # (d) a fresh builder: the first image, empty cache, warm registry
             fenv = dict(oenv, DIB_IMAGE_CACHE=str(dirs["cache"] / "fresh"))
             name, elements, fmt = images[0]
@@ -216,15 +240,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                        *elements], fenv, dirs["logs"] / "d.log")
             r.update(reports(dirs["out"] / "d", [name]))
             rows["d_fresh"] = r
-            try:
-                first = json.loads((dirs["out"] / "b" / f"{name}.d" /
-                                    "build-report.json").read_text())["seconds"]
-            except (OSError, ValueError, KeyError):
-                first = None
-            rows["b_first_image_s"] = first
     finally:
         b.sweep([dirs["tmp"], dirs["out"]])
         host.close()
+        if not args.keep:
+            shutil.rmtree(wd / "run", ignore_errors=True)
     ratios = {}
     if "a_dib" in rows and rows["a_dib"]["wall_s"]:
         ratios["c/a"] = round(rows["c_farm"]["wall_s"] / rows["a_dib"]["wall_s"], 3)
