@@ -93,8 +93,9 @@ def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> Non
         b.record.has_esp = run.has_esp
         return
     entries = outputs.cache_entries(b.cfg, key)
-    if images is not None and b.remote is not None and \
-            b.remote.fetch_images(images, entries) and outputs.restore(run, images, key):
+    share = b.remote if b.cfg.remote_cache_images else None
+    if images is not None and share is not None and \
+            share.fetch_images(images, entries) and outputs.restore(run, images, key):
         b.record.has_esp = run.has_esp
         return
     if disk_config is None:
@@ -110,8 +111,8 @@ def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> Non
     if images is not None:
         with b.timings.measure("phase", "(cache image)"):
             outputs.store(run, images, key, inputs)
-        if b.remote is not None:
-            b.remote.push_images(images, entries)
+        if share is not None:
+            share.push_images(images, entries)
 
 
 def build_image(cfg: BuildConfig) -> BuildResult:

@@ -568,6 +568,10 @@ SETTINGS: Tuple[Setting, ...] = (
     _s("remote_cache_strict", "a layer that cannot be pushed to the remote cache fails the "
        "build (otherwise: a warning)", ("--remote-cache-push-strict",),
        "remote-cache-push-strict", ("DIB_REMOTE_CACHE_STRICT",), "flag", **_BOOL),
+    _s("remote_cache_images", "share finished images through the remote cache too (pulled "
+       "when the tree and output options match, pushed after the build; 0: layers only)",
+       env=("DIB_REMOTE_CACHE_IMAGES",), kind="flag", default="1", parse=_boolean,
+       accepts="1 or 0 (true/false, yes/no)", bad="maybe", good="0"),
     _s("remote_cache_credentials", "the remote cache registry's credentials (else they come "
        "from REGISTRY_AUTH_FILE or ~/.docker/config.json); never logged, never passed to "
        "hooks", env=("DIB_REMOTE_CACHE_CREDENTIALS",), parse=_credentials,
@@ -752,6 +756,7 @@ class BuildConfig:
     #: --remote-cache: the OCI registry that shares layers (None: no remote cache)
     remote_cache: Optional["RemoteURL"] = None
     remote_cache_strict: bool = False
+    remote_cache_images: bool = True
     #: DIB_REMOTE_CACHE_CREDENTIALS (never in repr, logs or the hooks' environment)
     remote_cache_credentials: Optional[Tuple[str, str]] = field(default=None, repr=False)
     #: DIB_CACHE_MAX_SIZE / DIB_CACHE_MIN_FREE: the cache is pruned (least recently used
@@ -958,6 +963,7 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
         no_cache=bool(v["no_cache"]),
         remote_cache=v["remote_cache"],
         remote_cache_strict=bool(v["remote_cache_strict"]),
+        remote_cache_images=bool(v["remote_cache_images"]),
         remote_cache_credentials=v["remote_cache_credentials"],
         cache_max_bytes=v["cache_max_size"],
         cache_min_free_bytes=v["cache_min_free"],

@@ -58,3 +58,15 @@ def oci_registry(tmp_path):
         pytest.skip(registry.SKIP_REASON)
     with registry.running(tmp_path / "registry") as reg:
         yield reg
+
+
+@pytest.fixture
+def oci_registry_with_login(tmp_path):
+    """Like ``oci_registry``, but it demands a login: ``.credentials`` is (user, password)."""
+    from tests.lib import registry
+
+    if not registry.available():
+        pytest.skip(registry.SKIP_REASON)
+    with registry.running(tmp_path / "registry",
+                          credentials=("dib-ci", "pw-7f3a9c-not-in-any-file")) as reg:
+        yield reg

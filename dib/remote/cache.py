@@ -1,11 +1,13 @@
 """What a build does with the remote cache: pull a step's layer on a local miss, push a
-layer after the step that made it.
+layer after the step that made it (or that the local cache had and the registry lacks), and
+the same for the finished-image cache's entries.
 
 Nothing here fails a build, except a push under ``--remote-cache-push-strict``: a missing tag
 is a plain miss; a corrupt entry (a digest that does not match, a manifest or archive that is
 not ours), a refused login or any other registry error is a miss with a warning; an
-unreachable registry is a warning, and the remote cache is then left alone for the rest of
-the build (each further step would only wait for the same timeout).
+unreachable registry (or one that refuses our credentials) is one warning, and the remote
+cache is then left alone for the rest of the build (each further step would only meet the
+same error).
 
 Scratch files (the tar being packed or unpacked, skopeo's ``dir:`` layouts) live in the
 layer store's directory as ``tmp-<pid>-remote-*``, on the cache's filesystem rather than in
@@ -22,7 +24,20 @@ import shutil
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Set, Tuple
+from typing import (
+    IO,
+    Any,
+    Callable,
+    Dict,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+    cast,
+)
 
 from dib import cmd
 from dib import log as dlog
@@ -32,6 +47,7 @@ from dib.layers import LayerStore
 from dib.remote import layer as oci_layer
 from dib.remote import oci
 from dib.remote.client import Outcome, RegistryError, Skopeo
+from dib.remote.client import hint as client_hint
 from dib.remote.url import RemoteURL
 
 log = logging.getLogger("dib.remote")
@@ -51,7 +67,8 @@ UNUSABLE = (Corrupt, oci.BadManifest, oci_layer.BadLayer, CommandFailed, OSError
 def _pack_file(path: Path, name: str, out: "IO[bytes]") -> str:
     """A tar holding only ``path`` as ``name`` (a finished image file); returns its sha256."""
     writer = oci_layer.HashingWriter(out)
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+    with tarfile.open(fileobj=cast("IO[bytes]", writer), mode="w|",
+                      format=tarfile.PAX_FORMAT) as tar:
         info = tar.gettarinfo(path, arcname=name)
         info.uname = info.gname = ""
         info.uid = info.gid = 0
@@ -74,6 +91,8 @@ class Stats:
     warnings: List[str] = field(default_factory=list)
     #: why the remote cache was left alone for the rest of the build (None: it was not)
     disabled: Optional[str] = None
+    #: why nothing more was pushed (the registry refused a push)
+    push_disabled: Optional[str] = None
 
 
 class RemoteCache:
@@ -111,13 +130,25 @@ class RemoteCache:
         log.warning("remote cache %s: %s", self.url, message)
         self.stats.warnings.append(message)
 
-    def _registry_problem(self, doing: str, error: RegistryError) -> None:
+    def _registry_problem(self, doing: str, error: RegistryError, *,
+                          pushing: bool = False) -> None:
+        """Warn about ``error``; an unreachable registry, or one that refuses our
+        credentials, is then left alone for the rest of the build (refused pushes: pushing
+        only; the credentials will not change mid-build)."""
         if error.outcome is Outcome.UNREACHABLE:
-            self.stats.disabled = f"unreachable while {doing}: {error}"
+            what_to_do = client_hint(str(error))
+            self.stats.disabled = f"unreachable while {doing}: {error}" + (
+                f" ({what_to_do})" if what_to_do else "")
             self._warn(f"{self.stats.disabled}; not used for the rest of this build")
         elif error.outcome is Outcome.DENIED:
-            self._warn(f"{doing}: access denied ({error}); check REGISTRY_AUTH_FILE, "
-                       "~/.docker/config.json or DIB_REMOTE_CACHE_CREDENTIALS")
+            why = (f"access denied while {doing} ({error}); check REGISTRY_AUTH_FILE, "
+                   "~/.docker/config.json or DIB_REMOTE_CACHE_CREDENTIALS")
+            if pushing:
+                self.stats.push_disabled = why
+                self._warn(f"{why}; no more pushes in this build")
+            else:
+                self.stats.disabled = why
+                self._warn(f"{why}; not used for the rest of this build")
         else:
             self._warn(f"{doing}: {error}")
 
@@ -233,8 +264,9 @@ class RemoteCache:
         return self.push(key, layer, step_id)
 
     def _push(self, label: str, pack: "Callable[[Path], int]") -> bool:
-        if self.stats.disabled is not None:
-            return self._push_failed(label, self.stats.disabled, warn=False)
+        off = self.stats.disabled or self.stats.push_disabled
+        if off is not None:
+            return self._push_failed(label, off, warn=False)
         with self.timings.measure("phase", "(remote cache push)"), \
                 self._scratch("push") as tmp:
             try:
@@ -242,8 +274,8 @@ class RemoteCache:
             except oci_layer.Unsupported as exc:
                 return self._push_failed(label, f"cannot be expressed as an OCI layer: {exc}")
             except RegistryError as exc:
-                if exc.outcome is Outcome.UNREACHABLE:
-                    self._registry_problem(f"pushing {label}", exc)
+                if exc.outcome in (Outcome.UNREACHABLE, Outcome.DENIED):
+                    self._registry_problem(f"pushing {label}", exc, pushing=True)
                     return self._push_failed(label, str(exc), warn=False)
                 return self._push_failed(label, str(exc))
             except (CommandFailed, OSError) as exc:
@@ -342,6 +374,7 @@ class RemoteCache:
                 "push_failures": s.push_failures, "image_hits": s.image_hits,
                 "image_pushes": s.image_pushes, "bytes_pulled": s.bytes_pulled,
                 "bytes_pushed": s.bytes_pushed, "disabled": s.disabled,
+                "push_disabled": s.push_disabled,
                 "warnings": list(s.warnings)}
 
 

@@ -68,10 +68,23 @@ def classify(output: str) -> Outcome:
     text = output.lower()
     if "digest did not match" in text or "digest mismatch" in text:
         return Outcome.FAILED
+    if "pinging container registry" in text:  # its /v2/ endpoint did not work at all
+        return Outcome.UNREACHABLE
     for outcome, signs in _SIGNS:
         if any(s in text for s in signs):
             return outcome
     return Outcome.FAILED
+
+
+def hint(message: str) -> str:
+    """What to do about a registry error, when the message says (else "")."""
+    text = message.lower()
+    if "server gave http response to https client" in text:
+        return "the registry speaks plain HTTP: use oci+http://HOST[:PORT]/REPO"
+    if "x509:" in text or "certificate" in text:
+        return ("the registry's TLS certificate is not trusted: install its CA on this host "
+                "(or, for a registry on a trusted network, use oci+http://)")
+    return ""
 
 
 def auth_file(path: Path, registry: str, user: str, password: str) -> Path:

@@ -24,7 +24,7 @@ import os
 import stat
 import tarfile
 from pathlib import Path, PurePosixPath
-from typing import IO, Dict, List, Tuple
+from typing import IO, Dict, List, Optional, Tuple, cast
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -92,8 +92,8 @@ def pack(upper: Path, out: IO[bytes]) -> str:
     Entries are sorted and carry no user or group names, so the same directory gives the
     same bytes."""
     writer = HashingWriter(out)
-    with tarfile.open(fileobj=writer, mode="w|", format=tarfile.PAX_FORMAT,  # type: ignore[call-overload]
-                      dereference=False) as tar:
+    with tarfile.open(fileobj=cast(IO[bytes], writer), mode="w|",
+                      format=tarfile.PAX_FORMAT, dereference=False) as tar:
         for full, name in _sorted_tree(upper):
             st = os.lstat(full)
             attrs = _xattrs(full)
@@ -106,8 +106,9 @@ def pack(upper: Path, out: IO[bytes]) -> str:
             if strange:
                 raise Unsupported(f"/{name} has overlayfs attributes an OCI layer cannot "
                                   f"express ({', '.join(sorted(strange))})")
-            info = tar.gettarinfo(full, arcname=name)
-            if info is None:  # a socket: nothing a layer can hold
+            # (None for a socket, whatever the stubs say: nothing a layer can hold)
+            info: Optional[tarfile.TarInfo] = tar.gettarinfo(full, arcname=name)
+            if info is None:
                 continue
             info.uname = info.gname = ""
             info.pax_headers = {PAX_XATTR + k: v.decode("utf-8", "surrogateescape")

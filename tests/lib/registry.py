@@ -15,6 +15,7 @@ as a child of the test, in its own session, and is killed at the end.
 """
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import os
@@ -27,7 +28,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional, Tuple
 
 PROGRAM = "docker-registry"
 REPO = "dib-cache"
@@ -69,6 +70,8 @@ class Registry:
     log: Path
     proc: Optional[subprocess.Popen] = None
     repo: str = REPO
+    #: (user, password) the registry demands (basic auth), or None
+    credentials: Optional[Tuple[str, str]] = None
 
     @property
     def address(self) -> str:
@@ -79,10 +82,15 @@ class Registry:
         """What ``--remote-cache`` takes."""
         return f"oci+http://{self.address}/{self.repo}"
 
+    def _headers(self) -> Dict[str, str]:
+        headers = {"Accept": "application/vnd.oci.image.manifest.v1+json"}
+        if self.credentials is not None:
+            token = base64.b64encode(":".join(self.credentials).encode()).decode()
+            headers["Authorization"] = f"Basic {token}"
+        return headers
+
     def _get(self, path: str) -> bytes:
-        req = urllib.request.Request(
-            f"http://{self.address}{path}",
-            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+        req = urllib.request.Request(f"http://{self.address}{path}", headers=self._headers())
         with urllib.request.urlopen(req, timeout=10) as r:
             return r.read()
 
@@ -102,11 +110,12 @@ class Registry:
         """Remove ``tag`` (its manifest) from the repository."""
         req = urllib.request.Request(
             f"http://{self.address}/v2/{self.repo}/manifests/{tag}", method="HEAD",
-            headers={"Accept": "application/vnd.oci.image.manifest.v1+json"})
+            headers=self._headers())
         with urllib.request.urlopen(req, timeout=10) as r:
             digest = r.headers["Docker-Content-Digest"]
         req = urllib.request.Request(
-            f"http://{self.address}/v2/{self.repo}/manifests/{digest}", method="DELETE")
+            f"http://{self.address}/v2/{self.repo}/manifests/{digest}", method="DELETE",
+            headers=self._headers())
         with urllib.request.urlopen(req, timeout=10):
             pass
 
@@ -120,6 +129,8 @@ class Registry:
         try:
             self._get("/v2/")
             return True
+        except urllib.error.HTTPError:
+            return True  # e.g. 401: it answers, and wants credentials
         except (OSError, urllib.error.URLError):
             return False
 
@@ -137,14 +148,32 @@ class Registry:
         self.proc = None
 
 
+def _bcrypt(password: str) -> str:
+    """A bcrypt hash (what the registry's htpasswd takes), from the C library's crypt(3)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import crypt  # deprecated, still in 3.11/3.12; libxcrypt does bcrypt
+
+        # the lowest cost: the registry checks the hash on every request
+        return crypt.crypt(password, crypt.mksalt(crypt.METHOD_BLOWFISH, rounds=16))
+
+
 @contextlib.contextmanager
-def running(base: Path, *, timeout: float = 30) -> Iterator[Registry]:
-    """A registry serving from ``base/storage`` until the block ends."""
+def running(base: Path, *, timeout: float = 30,
+            credentials: Optional[Tuple[str, str]] = None) -> Iterator[Registry]:
+    """A registry serving from ``base/storage`` until the block ends; with ``credentials``
+    (user, password) it demands them (basic auth, an htpasswd file with a bcrypt hash)."""
     base.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    reg = Registry(port, base / "storage", base / "registry.log")
+    reg = Registry(port, base / "storage", base / "registry.log", credentials=credentials)
     config = base / "config.yml"
-    config.write_text(CONFIG.format(storage=reg.storage, port=port))
+    text = CONFIG.format(storage=reg.storage, port=port)
+    if credentials is not None:
+        (base / "htpasswd").write_text(f"{credentials[0]}:{_bcrypt(credentials[1])}\n")
+        text += f"auth:\n  htpasswd:\n    realm: dib-test\n    path: {base / 'htpasswd'}\n"
+    config.write_text(text)
     with open(reg.log, "wb") as log:
         reg.proc = subprocess.Popen([PROGRAM, "serve", os.fspath(config)], stdout=log,
                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

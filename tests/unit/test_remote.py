@@ -1,7 +1,7 @@
 """The remote layer cache's pure parts (dib.remote): the URL, the layer tar and its
 whiteouts, the manifest, skopeo's messages, credentials, and the pull/push logic of a step
 against an in-memory registry (no skopeo, no network). tests/integration/test_remote_cache.py
-runs the same against a real registry.
+runs the same against a real registry (skopeo, docker-registry).
 """
 from __future__ import annotations
 
@@ -112,6 +112,10 @@ def _pack(root: Path) -> "tuple[bytes, str]":
 
 def test_a_tree_round_trips_through_a_layer_tar(tmp_path: Path) -> None:
     _tree(tmp_path / "up")
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:  # a socket left behind: no layer holds one
+        sock.bind(os.fspath(tmp_path / "up" / "etc" / "sock"))
     data, digest = _pack(tmp_path / "up")
     assert digest == __import__("hashlib").sha256(data).hexdigest()
     assert _pack(tmp_path / "up")[0] == data  # the same directory, the same bytes
@@ -127,6 +131,7 @@ def test_a_tree_round_trips_through_a_layer_tar(tmp_path: Path) -> None:
     with tarfile.open(tmp_path / "layer.tar") as t:
         names = t.getnames()
         assert all(m.uname == "" and m.gname == "" for m in t.getmembers())
+    assert "etc/sock" not in names
     assert names.index("etc") < names.index("etc/a") < names.index("etc/sub/b")
 
 
@@ -246,6 +251,15 @@ def test_a_foreign_or_hostile_manifest_is_refused(raw: bytes, why: str) -> None:
 
 
 # -- skopeo -----------------------------------------------------------------------------------
+
+
+def test_a_plain_http_registry_behind_oci_scheme_is_unreachable_with_a_hint() -> None:
+    message = ('level=fatal msg="initializing source docker://127.0.0.1:5/dib-cache:layer-x: '
+               'pinging container registry 127.0.0.1:5: Get \\"https://127.0.0.1:5/v2/\\": '
+               'http: server gave HTTP response to HTTPS client"')
+    assert client.classify(message) is client.Outcome.UNREACHABLE
+    assert "oci+http://" in client.hint(message)
+    assert client.hint("manifest unknown") == ""
 
 
 @pytest.mark.parametrize("output, outcome", [
@@ -379,7 +393,8 @@ class Machine:
         self.store = layers.LayerStore(base / "cache", base / "scratch", enabled=True)
         self.hooks = base / "hooks"
         self.hooks.mkdir()
-        remote = RemoteCache(url.parse("oci+http://127.0.0.1:1/dib"), registry,  # type: ignore[arg-type]
+        fake: Any = registry
+        remote = RemoteCache(url.parse("oci+http://127.0.0.1:1/dib"), fake,
                              self.store, arch="amd64", strict=strict, timings=dlog.Timings())
         self.b = SimpleNamespace(store=self.store, wd=SimpleNamespace(hooks=self.hooks),
                                  steps=[], chroot=self._chroot, remote=remote)
