@@ -18,7 +18,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, cast
 
 from dib import (
     __version__,
@@ -153,7 +153,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                                  hook_environment(cfg, res, wd, catalogue, disk_config),
                                  logfile, timings,
                                  store, chroot.host_resolv_copy(wd.base / "resolv.conf"),
-                                 remote=_remote_cache(cfg, store, timings))
+                                 remote=_remote_cache(cfg, store, timings, stack))
                 run = outputs.Run(cfg, timings, tuple(res.order), written=b.outputs)
                 _build(b, run, disk_config)
             status = "ok"
@@ -190,9 +190,10 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     return BuildResult(b.outputs, report_path, logfile)
 
 
-def _remote_cache(cfg: BuildConfig, store: LayerStore,
-                  timings: dlog.Timings) -> Optional["RemoteCache"]:
-    """--remote-cache, when set and the layer cache is on (imported only then)."""
+def _remote_cache(cfg: BuildConfig, store: LayerStore, timings: dlog.Timings,
+                  stack: contextlib.ExitStack) -> Optional["RemoteCache"]:
+    """--remote-cache, when set and the layer cache is on (imported only then); in a farm
+    worker's build (DIB_FARM_LAYER_LOCKS), with its misses built once in the farm."""
     if cfg.remote_cache is None:
         return None
     if not store.enabled:
@@ -201,9 +202,16 @@ def _remote_cache(cfg: BuildConfig, store: LayerStore,
         return None
     from dib.remote.cache import open_remote
 
-    return open_remote(cfg.remote_cache, store, arch=cfg.arch,
-                       strict=cfg.remote_cache_strict, caller_env=cfg.env,
-                       credentials=cfg.remote_cache_credentials, timings=timings)
+    remote = open_remote(cfg.remote_cache, store, arch=cfg.arch,
+                         strict=cfg.remote_cache_strict, caller_env=cfg.env,
+                         credentials=cfg.remote_cache_credentials, timings=timings)
+    if cfg.farm_layer_locks is None:
+        return remote
+    from dib.farmlock import LockedRemote  # docs/farm.md: imports Dask
+
+    locked = LockedRemote(remote, cfg.farm_layer_locks)
+    stack.callback(locked.close)
+    return cast("RemoteCache", locked)
 
 
 #: what a process prints when a write fails with ENOSPC

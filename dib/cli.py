@@ -151,7 +151,12 @@ def _disk_image_create(argv: List[str]) -> int:
             for n, (img, cfg) in enumerate(recipe.check_all(argv, dict(os.environ)), 1):
                 _print_plan(cfg, f"image {n} ({img.name}) ")
             return 0
-        outcome = recipe.run(argv, dict(os.environ))
+        address = recipe.farm_address(argv, os.environ)
+        if address is not None:
+            from dib import farm  # the only way into Dask (docs/farm.md)
+            outcome = farm.run(argv, dict(os.environ), address)
+        else:
+            outcome = recipe.run(argv, dict(os.environ))
         for path in outcome.outputs:
             print(path)
         if outcome.error is not None:
@@ -159,6 +164,11 @@ def _disk_image_create(argv: List[str]) -> int:
         return 0
     cfg = config.parse_args(argv, dict(os.environ))
     dlog.setup(verbose=cfg.trace, quiet=cfg.quiet)
+    if any(a == "--farm" or a.startswith("--farm=") for a in argv):
+        from dib.errors import ConfigError
+        raise ConfigError("--farm builds the images of a --recipe",
+                          hint="write the image into a recipe file (docs/artifacts.md) and run "
+                               "disk-image-create --recipe FILE --farm ...")
     if cfg.action == "cleanup":
         from dib import workdir
         for line in workdir.cleanup_stale(cfg.tmp_dir):

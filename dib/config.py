@@ -278,6 +278,19 @@ def _recipe_file(value: str) -> Tuple[str, ...]:
     return files
 
 
+#: the port a Dask scheduler listens on unless told otherwise
+FARM_PORT = 8786
+
+
+def _farm_address(value: str) -> str:
+    """A Dask scheduler address, ``tcp://HOST[:PORT]`` or ``tls://HOST[:PORT]`` (port 8786
+    unless given); returned with the port spelled out."""
+    m = re.fullmatch(r"(tcp|tls)://(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::(\d{1,5}))?/?", value)
+    if not m or (m.group(3) and not 0 < int(m.group(3)) < 65536):
+        raise Invalid(f"'{value}' is not a scheduler address such as tcp://HOST:{FARM_PORT}")
+    return f"{m.group(1)}://{m.group(2)}:{m.group(3) or FARM_PORT}"
+
+
 def _checksums(value: str) -> Tuple[str, ...]:
     v = value.strip()
     if v in ("", "0"):
@@ -596,6 +609,16 @@ SETTINGS: Tuple[Setting, ...] = (
        accepts="a recipe file", bad="/nonexistent/images.yaml", good="images.yaml"),
     _s("stop_on_failure", "with --recipe: stop at the first image that fails",
        ("--stop-on-failure",), kind="flag"),
+    _s("farm", "with --recipe: build the images on a Dask cluster, one task per image "
+       "(docs/farm.md)", ("--farm",), env=("DIB_FARM",), parse=_farm_address,
+       metavar="tcp://SCHEDULER:8786", accepts="a Dask scheduler address, "
+       "tcp://HOST[:PORT] or tls://HOST[:PORT] (port 8786 unless given)",
+       bad="http://scheduler", good="tcp://127.0.0.1:8786"),
+    _s("farm_layer_locks", "set by a farm worker for the builds it runs: with a remote "
+       "cache, a layer missing from it is built by one build of the farm at a time, the "
+       "others wait and pull it (docs/farm.md)", env=("DIB_FARM_LAYER_LOCKS",),
+       parse=_farm_address, accepts="the farm's Dask scheduler address",
+       default_text="none", bad="scheduler:8786", good="tcp://127.0.0.1:8786"),
     # -- debugging ------------------------------------------------------------------------
     _s("debug", "show tracebacks on errors", ("--debug",), kind="flag"),
     _s("debug_traceback", "as --debug", env=("DIB_DEBUG_TRACEBACK",), kind="flag", **_BOOL),
@@ -757,6 +780,10 @@ class BuildConfig:
     domain: Optional["DomainSettings"] = None
     debug: bool = False
     dry_run: bool = False
+    #: --farm / DIB_FARM: the Dask scheduler a --recipe is built on (None: this machine)
+    farm: Optional[str] = None
+    #: DIB_FARM_LAYER_LOCKS: the scheduler whose locks a farm worker's build takes
+    farm_layer_locks: Optional[str] = None
     action: str = "build"
     argv: Tuple[str, ...] = ()
     #: the caller's environment as hooks should see it (after ``-c``); the engine reads its
@@ -965,6 +992,8 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
             v["libvirt_template"], bool(v["libvirt_xml"])),
         debug=v["debug"] or bool(v["debug_traceback"]),
         dry_run=v["dry_run"],
+        farm=v["farm"],
+        farm_layer_locks=v["farm_layer_locks"],
         argv=tuple(argv),
         env=env,
     )

@@ -242,10 +242,12 @@ def build_inputs(arch: str, env: Mapping[str, str], packages: Sequence[str]) -> 
     """The build-wide inputs that can change any step's result."""
     volatile = {"DIB_IMAGE_CACHE", "DIB_LOCKFILES", "DIB_DEBUG_TRACE", "DIB_ARGS", "DIB_ENV",
                 "DIB_PYTHON_EXEC", "DIB_ENGINE_PYTHON", "DIB_OFFLINE", "DIB_QUIET",
-                "DIB_NO_TIMESTAMP", "DIB_CHROOT_CACHE"}
-    # where layers are shared (DIB_REMOTE_CACHE*) changes no layer
+                "DIB_NO_TIMESTAMP", "DIB_CHROOT_CACHE",
+                # where the work directory lives (a farm's workers set these for themselves)
+                "DIB_NO_TMPFS", "DIB_MIN_TMPFS"}
+    # where layers are shared (DIB_REMOTE_CACHE*) or built (DIB_FARM*) changes no layer
     dib_vars = {k: v for k, v in env.items() if k.startswith("DIB_") and k not in volatile
-                and not k.startswith(OUTPUT_ONLY_PREFIXES + ("DIB_REMOTE_CACHE",))}
+                and not k.startswith(OUTPUT_ONLY_PREFIXES + ("DIB_REMOTE_CACHE", "DIB_FARM"))}
     apt = hashlib.sha256()
     for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         with contextlib.suppress(OSError):

@@ -368,6 +368,20 @@ def _check(img: Image) -> "BuildConfig":
     return cfg
 
 
+#: the checks of one image, for the farm's submitter (dib.farm)
+check_image = _check
+
+
+def farm_address(argv: Sequence[str], environ: Mapping[str, str]) -> Optional[str]:
+    """The --farm / DIB_FARM scheduler address of a recipe run (None: build here)."""
+    from dib import config
+
+    _, _, common = split_argv(argv)
+    parsed = config._parser().parse_args(common)
+    value: Optional[str] = config.setting_value(config.BY_NAME["farm"], parsed.farm, environ)
+    return value
+
+
 def check_all(argv: Sequence[str], environ: Mapping[str, str]) -> List[Tuple[Image, Any]]:
     """Every image of the recipe(s) with its checked BuildConfig (nothing is built)."""
     images, _ = plan(argv, environ)
@@ -396,19 +410,25 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> Outcome:
             continue
         outcome.outputs.extend(result.outputs)
         outcome.built.append(img.name)
+    summarize(outcome, len(images))
+    return outcome
+
+
+def summarize(outcome: Outcome, total: int) -> None:
+    """Set ``outcome.error`` (one image failed: its error; several: a list) or log that
+    every image was built."""
     if outcome.failed:
         name, first = outcome.failed[0]
-        if len(images) == 1:
+        if total == 1:
             outcome.error = first
         else:
             lines = "\n".join(f"  {n}: {e.message.splitlines()[0]}" for n, e in outcome.failed)
-            skipped = len(images) - len(outcome.built) - len(outcome.failed)
+            skipped = total - len(outcome.built) - len(outcome.failed)
             tail = f"; {skipped} not started (--stop-on-failure)" if skipped else ""
             outcome.error = DibError(
-                f"recipe: {len(outcome.failed)} of {len(images)} images failed{tail}:\n{lines}",
+                f"recipe: {len(outcome.failed)} of {total} images failed{tail}:\n{lines}",
                 hint=first.hint or "each image's log is <imagename>.d/build.log")
             outcome.error.exit_code = first.exit_code
     else:
-        log.info("recipe: built %d image%s: %s", len(images), "" if len(images) == 1 else "s",
+        log.info("recipe: built %d image%s: %s", total, "" if total == 1 else "s",
                  ", ".join(outcome.built))
-    return outcome

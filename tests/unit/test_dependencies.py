@@ -68,10 +68,25 @@ def test_install_requires_is_what_dib_imports() -> None:
     requires = {module_of(d): d for d in declared("install_requires")}
     imported = third_party(top_level_imports(python_files("dib")), {"dib"})
     unused = sorted(requires[m] for m in set(requires) - imported)
-    undeclared = sorted(imported - set(requires))
+    optional = {module_of(d) for d in declared("farm", "options.extras_require")}
+    undeclared = sorted(imported - set(requires) - optional)
     assert not unused, f"declared in setup.cfg install_requires, imported nowhere in dib/: " \
                        f"{unused}: drop them (docs/architecture.md, 'Dependencies')"
     assert not undeclared, f"imported in dib/ but not in install_requires: {undeclared}"
+
+
+#: the modules that may import the farm extra (docs/farm.md): nothing else loads Dask
+FARM_MODULES = ("dib/farm.py", "dib/farmlock.py", "dib/farmworker.py")
+
+
+def test_the_farm_extra_is_imported_by_the_farm_modules_alone() -> None:
+    extra = {module_of(d) for d in declared("farm", "options.extras_require")}
+    assert extra == {"distributed"}
+    for path in python_files("dib"):
+        uses = extra & top_level_imports([path])
+        rel = path.relative_to(ROOT).as_posix()
+        assert rel in FARM_MODULES or not uses, f"{rel} imports {sorted(uses)}"
+    assert all(extra <= top_level_imports([ROOT / m]) for m in FARM_MODULES)
 
 
 def test_the_test_extra_is_used_by_the_tests() -> None:

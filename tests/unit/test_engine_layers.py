@@ -89,7 +89,9 @@ def test_build_inputs_ignore_variables_that_cannot_change_the_tree() -> None:
     base = layers.build_inputs("amd64", env, ["vim"])
     harmless = {"HOME": "/elsewhere", "DIB_DEBUG_TRACE": "1", "DIB_IMAGE_CACHE": "/c",
                 "DIB_BOOT_TEST_ACCEL": "tcg", "DIB_QCOW2_COMPAT": "1.1",
-                "DIB_IMAGE_EXTRA_SIZE": "100", "DIB_CHECKSUM": "sha256"}
+                "DIB_IMAGE_EXTRA_SIZE": "100", "DIB_CHECKSUM": "sha256", "DIB_NO_TMPFS": "1",
+                "DIB_MIN_TMPFS": "4", "DIB_REMOTE_CACHE": "oci://r/x",
+                "DIB_FARM_LAYER_LOCKS": "tcp://s:8786"}
     assert layers.build_inputs("amd64", {**env, **harmless}, ["vim"]) == base
     assert layers.build_inputs("amd64", {**env, "DIB_RELEASE": "trixie"}, ["vim"]) != base
     assert layers.build_inputs("arm64", env, ["vim"]) != base

@@ -28,12 +28,12 @@ DOC = ROOT / "docs" / "architecture.md"
 #: below the package ``x``). Keep in step with the table in docs/architecture.md, "Layers".
 LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("entry points", ("__main__", "cli")),
-    ("front ends", ("dryrun", "recipe")),
+    ("front ends", ("dryrun", "farm", "farmtask", "farmworker", "recipe")),
     ("the build", ("build",)),
     ("stages", ("disk", "steps")),
     ("context", ("context",)),
     ("engine", ("blockdev", "blockdev.*", "bootstrap", "boottest",
-                "chroot", "content_keys", "dibcompat", "hooks", "interrupt", "layers",
+                "chroot", "content_keys", "dibcompat", "farmlock", "hooks", "interrupt", "layers",
                 "outputs", "outputs.*", "package_installs", "remote", "remote.cache",
                 "remote.client", "remote.layer", "remote.oci", "resolver", "runparts", "tree",
                 "workdir")),
