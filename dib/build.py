@@ -11,6 +11,7 @@ partial file appears at the output path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from dib import (
     interrupt,
     layers,
     outputs,
+    reproducible,
     resolver,
     steps,
 )
@@ -69,6 +71,16 @@ def _check_host(cfg: BuildConfig) -> None:
 
 
 
+def _with_epoch(cfg: BuildConfig, res: resolver.Resolution) -> BuildConfig:
+    """``--reproducible`` without SOURCE_DATE_EPOCH: the epoch taken from the newest input,
+    and given to the hooks as SOURCE_DATE_EPOCH (docs/reproducibility.md)."""
+    if cfg.source_date_epoch is not None or not cfg.reproducible:
+        return cfg
+    epoch, origin = reproducible.derive_epoch(res.elements[n].path for n in res.order)
+    return dataclasses.replace(cfg, source_date_epoch=epoch, source_date_epoch_origin=origin,
+                               env={**cfg.env, "SOURCE_DATE_EPOCH": str(epoch)})
+
+
 def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) -> Dict[str, Any]:
     """Everything besides the tree that makes the finished outputs what they are."""
     cfg = b.cfg
@@ -79,12 +91,16 @@ def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) ->
             "size": [cfg.image_size_gib, cfg.image_extra_size_mib], "fs_type": cfg.fs_type,
             "root_label": cfg.root_label, "mkfs_options": cfg.root_mkfs_options,
             "block_size": cfg.block_size, "seed": cfg.uuid_seed,
+            **({"epoch": cfg.source_date_epoch} if cfg.source_date_epoch is not None else {}),
             **({"artifacts": extra} if (extra := outputs.cache_inputs(cfg)) else {})}
 
 
 def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> None:
     tree = LayeredTree(b.store.dir, b.wd.mnt)
     tree_key = b.record.tree_key = steps.run_tree_steps(b, tree)
+    # the apt Release files the packages came from (cleanup.d removes the lists)
+    with tree.view(b.wd.built) as view:
+        run.facts.releases = reproducible.release_files(view)
     images = ArtifactCache(b.cfg.image_cache, "images") if b.store.enabled else None
     inputs = _image_inputs(b, tree_key, disk_config)
     key = layers.step_key(inputs)
@@ -112,6 +128,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     catalogue = element.discover(element.search_path(cfg.elements_path))
     names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base, arch=cfg.arch)
     res = resolver.resolve(names, catalogue)
+    cfg = _with_epoch(cfg, res)
     outputs.check(cfg)
     _check_host(cfg)
     disk_config = disk.block_device_config_text(cfg, res) if cfg.needs_block_device else None
@@ -129,6 +146,14 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     with dlog.logfile(logfile), interrupt.signals_raise() as guard:
         log.info("dib %s: %s", __version__, describe(cfg))
         log.info("elements: %s", " ".join(res.order))
+        if cfg.source_date_epoch is not None:
+            log.info("reproducible build: SOURCE_DATE_EPOCH=%d (%s, from %s)",
+                     cfg.source_date_epoch, time.strftime(
+                         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(cfg.source_date_epoch)),
+                     cfg.source_date_epoch_origin)
+            if cfg.source_date_epoch > time.time():
+                log.warning("SOURCE_DATE_EPOCH is in the future: what the build makes now "
+                            "keeps its own times, so the outputs are not reproducible")
         log.info("log file: %s", logfile)
         _prune_cache(cfg, check_room=True)
         stack = contextlib.ExitStack()

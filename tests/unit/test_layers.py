@@ -36,7 +36,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                 "chroot", "content_keys", "dibcompat", "hooks", "interrupt", "layers",
                 "outputs", "outputs.*", "package_installs", "resolver", "runparts", "tree",
                 "workdir")),
-    ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap")),
+    ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap", "reproducible")),
     ("leaves", ("", "cmd", "errors", "log", "phases")),
 )
 
