@@ -81,6 +81,20 @@ def _with_epoch(cfg: BuildConfig, res: resolver.Resolution) -> BuildConfig:
                                env={**cfg.env, "SOURCE_DATE_EPOCH": str(epoch)})
 
 
+def _disk_seed(b: BuildContext, tree_key: str) -> str:
+    """What seeds the disk's UUIDs unless DIB_UUID_SEED is set: the tree's key; in a
+    reproducible build a key of the inputs alone (the tree's key also depends on which
+    layers came from the cache, so a cached and a --no-cache build would differ)."""
+    cfg = b.cfg
+    if cfg.source_date_epoch is None:
+        return tree_key
+    return layers.step_key({
+        "epoch": cfg.source_date_epoch,
+        "build": layers.build_inputs(cfg.arch, cfg.env, cfg.packages),
+        "elements": {e.name: layers.tree_digest(e.path, skip_top=steps.NOT_INPUTS)
+                     for e in b.res.ordered()}})
+
+
 def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) -> Dict[str, Any]:
     """Everything besides the tree that makes the finished outputs what they are."""
     cfg = b.cfg
@@ -113,7 +127,7 @@ def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> Non
             outputs.write_tree(run, view)
     else:
         # the tree outputs are written from the finished disk's mounted root filesystem
-        result = disk.build_disk(b, tree, disk_config, tree_key,
+        result = disk.build_disk(b, tree, disk_config, _disk_seed(b, tree_key),
                                  tree_outputs=lambda root: outputs.write_tree(run, root))
         b.record.has_esp = run.has_esp = result.has_esp
         outputs.write_disk(run, result.raw)
