@@ -10,10 +10,11 @@ the same bytes.
   (its key lists the types), every tree layer is, so the disk is made again from reused
   layers.
 
-Every output must have the same sha256 in all four. On a mismatch the test names the first
-differing archive members (type, mode, owner, size, mtime, content hash), or for a disk whose
-tree is identical the first differing byte ranges and, inside the root filesystem, the
-files those blocks belong to.
+Every output (each build's is ``img.*`` in a directory of its own: the image name is an
+input, e.g. the container's title) must have the same sha256 in all four. On a mismatch the
+test names the first differing archive members (type, mode, owner, size, mtime, content
+hash), or for a disk whose tree is identical the first differing byte ranges and, inside
+the root filesystem, the files those blocks belong to.
 
 The docklet element set (``debian-minimal docklet -t tar``, synthetic source as in
 test_docklet.py) is built twice with ``--no-cache`` in different cache directories.
@@ -73,7 +74,8 @@ class Image:
 def _build(base: Path, name: str, elements: Sequence[str], types: str, cache: Path, *,
            no_cache: bool, env: Optional[Dict[str, str]] = None) -> Image:
     (base / "tmp").mkdir(parents=True, exist_ok=True)
-    out = base / "out" / name
+    # one name in a directory of its own: the name is an input (the container's title)
+    out = base / "out" / name / "img"
     out.parent.mkdir(parents=True, exist_ok=True)
     argv = [sys.executable, os.fspath(ROOT / "bin" / "disk-image-create"), "--no-tmpfs",
             "-t", types, "-o", os.fspath(out), "--image-cache", os.fspath(cache),
@@ -180,7 +182,7 @@ def disk_differences(a: Path, b: Path, limit: int = 8) -> List[str]:
 
 
 def explain(fmt: str, a: Image, b: Image) -> str:
-    lines = [f"-t {fmt} differs between {a.out.name} and {b.out.name}"]
+    lines = [f"-t {fmt} differs between {a.out} and {b.out}"]
     if fmt in ("tar", "docker"):
         if fmt == "docker":
             lines.append("(the docker archive's members; compare its layer.tar like -t tar)")
