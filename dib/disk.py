@@ -114,6 +114,10 @@ def has_esp(config: "blockdev.Config") -> bool:
                if isinstance(spec, PartitioningSpec) for p in spec.partitions)
 
 
+#: fill an ext root with mkfs -d when it is made instead of mount + cp -a (off: slower)
+POPULATE_AT_CREATION = False
+
+
 def can_populate(config: "blockdev.Config", tree: Path) -> bool:
     """The root filesystem can be made filled with the tree (``mkfs -d``) instead of being
     mounted empty and copied into: it is ext2/3/4, mounted at ``/``, and every other mount
@@ -204,7 +208,10 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: s
         size = image_size(cfg, tree_bytes, config)
         params = blockdev.Params(**{**probe.__dict__, "image_size": size, "epoch": epoch})
         config = blockdev.load_config(config_text, params)
-        populate = can_populate(config, view)
+        # mkfs -d at creation (issue 16) is measured slower here than mount + cp -a (6.1 s
+        # against 2.9 s for an 887 MiB tree, work dir on disk): kept off until it is faster;
+        # a reproducible build makes the root again with mkfs -d anyway (_remake_root)
+        populate = POPULATE_AT_CREATION and can_populate(config, view)
         if populate:
             params = blockdev.Params(**{**params.__dict__, "populate": view})
         log.info("disk: %d MiB for a %d MiB tree%s", size >> 20, tree_bytes >> 20,
