@@ -80,10 +80,13 @@ class BootstrapConfig:
     offline: bool = False
     use_cache: bool = True
     max_age_days: float = 7.0
+    #: a reproducible build's SOURCE_DATE_EPOCH (mmdebstrap and dpkg use it); "" unset
+    source_date_epoch: str = ""
 
     def key_inputs(self) -> Dict[str, object]:
         """Everything that changes the bootstrap result -- and nothing else."""
-        return {
+        epoch = {"source_date_epoch": self.source_date_epoch} if self.source_date_epoch else {}
+        return {**epoch,
             "distro": self.distro, "release": self.release, "arch": self.arch,
             "tool": self.tool, "tool_version": self.tool_version,
             "variant": self.variant, "components": list(self.components),
@@ -163,6 +166,7 @@ def config_from_env(env: Mapping[str, str], *, host_id: str,
         offline=env.get("DIB_OFFLINE", "").strip() not in ("", "0"),
         use_cache=env.get("DIB_BOOTSTRAP_CACHE", "1").strip() not in ("0", "false", "no"),
         max_age_days=max_age,
+        source_date_epoch=env.get("SOURCE_DATE_EPOCH", "").strip(),
     )
 
 

@@ -11,6 +11,7 @@ partial file appears at the output path.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from dib import (
     interrupt,
     layers,
     outputs,
+    reproducible,
     resolver,
     steps,
 )
@@ -70,6 +72,30 @@ def _check_host(cfg: BuildConfig) -> None:
 
 
 
+def _with_epoch(cfg: BuildConfig, res: resolver.Resolution) -> BuildConfig:
+    """``--reproducible`` without SOURCE_DATE_EPOCH: the epoch taken from the newest input,
+    and given to the hooks as SOURCE_DATE_EPOCH (docs/reproducibility.md)."""
+    if cfg.source_date_epoch is not None or not cfg.reproducible:
+        return cfg
+    epoch, origin = reproducible.derive_epoch(res.elements[n].path for n in res.order)
+    return dataclasses.replace(cfg, source_date_epoch=epoch, source_date_epoch_origin=origin,
+                               env={**cfg.env, "SOURCE_DATE_EPOCH": str(epoch)})
+
+
+def _disk_seed(b: BuildContext, tree_key: str) -> str:
+    """What seeds the disk's UUIDs unless DIB_UUID_SEED is set: the tree's key; in a
+    reproducible build a key of the inputs alone (the tree's key also depends on which
+    layers came from the cache, so a cached and a --no-cache build would differ)."""
+    cfg = b.cfg
+    if cfg.source_date_epoch is None:
+        return tree_key
+    return layers.step_key({
+        "epoch": cfg.source_date_epoch,
+        "build": layers.build_inputs(cfg.arch, cfg.env, cfg.packages),
+        "elements": {e.name: layers.tree_digest(e.path, skip_top=steps.NOT_INPUTS)
+                     for e in b.res.ordered()}})
+
+
 def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) -> Dict[str, Any]:
     """Everything besides the tree that makes the finished outputs what they are."""
     cfg = b.cfg
@@ -80,12 +106,16 @@ def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) ->
             "size": [cfg.image_size_gib, cfg.image_extra_size_mib], "fs_type": cfg.fs_type,
             "root_label": cfg.root_label, "mkfs_options": cfg.root_mkfs_options,
             "block_size": cfg.block_size, "seed": cfg.uuid_seed,
+            **({"epoch": cfg.source_date_epoch} if cfg.source_date_epoch is not None else {}),
             **({"artifacts": extra} if (extra := outputs.cache_inputs(cfg)) else {})}
 
 
 def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> None:
     tree = LayeredTree(b.store.dir, b.wd.mnt)
     tree_key = b.record.tree_key = steps.run_tree_steps(b, tree)
+    # the apt Release files the packages came from (cleanup.d removes the lists)
+    with tree.view(b.wd.built) as view:
+        run.facts.releases = reproducible.release_files(view)
     images = ArtifactCache(b.cfg.image_cache, "images") if b.store.enabled else None
     inputs = _image_inputs(b, tree_key, disk_config)
     key = layers.step_key(inputs)
@@ -104,7 +134,7 @@ def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> Non
             outputs.write_tree(run, view)
     else:
         # the tree outputs are written from the finished disk's mounted root filesystem
-        result = disk.build_disk(b, tree, disk_config, tree_key,
+        result = disk.build_disk(b, tree, disk_config, _disk_seed(b, tree_key),
                                  tree_outputs=lambda root: outputs.write_tree(run, root))
         b.record.has_esp = run.has_esp = result.has_esp
         outputs.write_disk(run, result.raw)
@@ -121,6 +151,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     catalogue = element.discover(element.search_path(cfg.elements_path))
     names = resolver.implicit_elements(cfg.elements, skip_base=cfg.skip_base, arch=cfg.arch)
     res = resolver.resolve(names, catalogue)
+    cfg = _with_epoch(cfg, res)
     outputs.check(cfg)
     _check_host(cfg)
     disk_config = disk.block_device_config_text(cfg, res) if cfg.needs_block_device else None
@@ -138,6 +169,14 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     with dlog.logfile(logfile), interrupt.signals_raise() as guard:
         log.info("dib %s: %s", __version__, describe(cfg))
         log.info("elements: %s", " ".join(res.order))
+        if cfg.source_date_epoch is not None:
+            log.info("reproducible build: SOURCE_DATE_EPOCH=%d (%s, from %s)",
+                     cfg.source_date_epoch, time.strftime(
+                         "%Y-%m-%d %H:%M:%S UTC", time.gmtime(cfg.source_date_epoch)),
+                     cfg.source_date_epoch_origin)
+            if cfg.source_date_epoch > time.time():
+                log.warning("SOURCE_DATE_EPOCH is in the future: what the build makes now "
+                            "keeps its own times, so the outputs are not reproducible")
         log.info("log file: %s", logfile)
         _prune_cache(cfg, check_room=True)
         stack = contextlib.ExitStack()

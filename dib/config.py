@@ -530,7 +530,8 @@ SETTINGS: Tuple[Setting, ...] = (
     _s("block_size", "sector size of the loop device", env=("DIB_BLOCK_SIZE",),
        kind="choice", choices=BLOCK_SIZES, default_text="512", bad="4k", good="4096"),
     _s("uuid_seed", "seed for the disk's filesystem UUIDs, disk id and partition GUIDs",
-       env=("DIB_UUID_SEED",), accepts="any text", default_text="the tree's cache key",
+       env=("DIB_UUID_SEED",), accepts="any text",
+       default_text="the tree's cache key (with SOURCE_DATE_EPOCH: a key of the inputs)",
        good="web-1"),
     _s("qemu_img_options", "qemu-img convert -o options", ("--qemu-img-options",),
        "qemu-img-options", ("QEMU_IMG_OPTIONS",), "options", _qemu_img_options,
@@ -545,9 +546,16 @@ SETTINGS: Tuple[Setting, ...] = (
        "docker-target", ("DOCKER_TARGET",), parse=_docker_target, metavar="REPO:TAG",
        accepts="repo[:tag] with a lowercase repository", default_text="<image name>:latest",
        bad="Not/Valid", good="example/base:1"),
-    _s("source_date_epoch", "timestamp of container and box outputs (seconds since 1970)",
+    _s("source_date_epoch", "a reproducible build: the same inputs give the same bytes, every "
+       "timestamp at most this (seconds since 1970); also the container and box outputs' "
+       "creation time (docs/reproducibility.md)",
        env=("SOURCE_DATE_EPOCH",), parse=_whole, accepts="a whole number of seconds",
-       default_text="now", bad="yesterday", good="1700000000"),
+       default_text="unset: not reproducible, outputs made now", bad="yesterday",
+       good="1700000000"),
+    _s("reproducible", "a reproducible build with SOURCE_DATE_EPOCH taken from the newest "
+       "input when it is not set: the elements' last commit, else their newest file "
+       "(docs/reproducibility.md)", ("--reproducible",), "reproducible", ("DIB_REPRODUCIBLE",),
+       "flag", **_BOOL),
     # -- where and how --------------------------------------------------------------------
     _s("image_cache", "cache directory", ("--image-cache",), "image-cache",
        ("DIB_IMAGE_CACHE",), parse=_directory, default=DEFAULT_IMAGE_CACHE, metavar="DIR",
@@ -768,6 +776,10 @@ class BuildConfig:
     block_size: Optional[int] = None
     uuid_seed: str = ""
     source_date_epoch: Optional[int] = None
+    #: --reproducible: derive source_date_epoch from the inputs when it is not given
+    reproducible: bool = False
+    #: where source_date_epoch came from (SOURCE_DATE_EPOCH, or what --reproducible took)
+    source_date_epoch_origin: str = ""
     boot_test: bool = False
     boot_test_accel: str = "auto"
     boot_test_timeout: float = 300.0
@@ -971,6 +983,9 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
         block_size=int(v["block_size"]) if v["block_size"] else None,
         uuid_seed=v["uuid_seed"] or "",
         source_date_epoch=v["source_date_epoch"],
+        reproducible=bool(v["reproducible"]),
+        source_date_epoch_origin="SOURCE_DATE_EPOCH" if v["source_date_epoch"] is not None
+        else "",
         boot_test=v["boot_test"],
         boot_test_accel=v["boot_test_accel"],
         boot_test_timeout=v["boot_test_timeout"],

@@ -12,9 +12,11 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Mapping
+from typing import Callable, Dict, Mapping, Optional, Tuple
 
-from dib import blockdev, cmd, dibcompat, resolver
+from dib import blockdev, cmd, dibcompat, mounts, reproducible, resolver
+from dib.blockdev import mkfs
+from dib.blockdev.node import derive_uuid
 from dib.blockdev.partition import PartitioningSpec
 from dib.config import BuildConfig
 from dib.context import BuildContext, finish_tree
@@ -112,6 +114,79 @@ def has_esp(config: "blockdev.Config") -> bool:
                if isinstance(spec, PartitioningSpec) for p in spec.partitions)
 
 
+#: fill an ext root with mkfs -d when it is made instead of mount + cp -a (off: slower)
+POPULATE_AT_CREATION = False
+
+
+def can_populate(config: "blockdev.Config", tree: Path) -> bool:
+    """The root filesystem can be made filled with the tree (``mkfs -d``) instead of being
+    mounted empty and copied into: it is ext2/3/4, mounted at ``/``, and every other mount
+    point is empty or absent in the tree (whatever is there belongs to that other
+    filesystem, which only a copy puts there)."""
+    root = config.root_filesystem
+    if root is None or root.type not in mkfs.EXT_TYPES:
+        return False
+    if not any(m.mount_point == "/" for m in config.mounts()):
+        return False
+    for m in config.mounts():
+        if m.mount_point == "/":
+            continue
+        below = tree / m.mount_point.lstrip("/")
+        if below.is_dir() and not below.is_symlink() and any(below.iterdir()):
+            return False
+    return True
+
+
+def _extent(device: str) -> Tuple[int, int]:
+    """(offset in its disk, size) in bytes of a partition device (offset 0 for a whole
+    device), from sysfs."""
+    name = Path(device).name
+    sys_dir = Path("/sys/class/block") / name
+    start = sys_dir / "start"
+    offset = int(start.read_text()) * 512 if start.exists() else 0
+    return offset, int((sys_dir / "size").read_text()) * 512
+
+
+def _remake_root(b: BuildContext, config: "blockdev.Config", state: "blockdev.State",
+                 params: blockdev.Params, epoch: int) -> Optional[Tuple[Path, int]]:
+    """A reproducible build's root filesystem: the mounted one, finished, made again with
+    ``mkfs -d`` into a file (the same UUID, label, options and size; every time the epoch;
+    see docs/reproducibility.md). What the kernel wrote while it was mounted -- journal,
+    allocation, mount times -- is timing, not content; this copy has none of it. Returns
+    the file and where in the disk it goes (:func:`_write_at`), or None when the root is
+    not ext2/3/4 (then the disk is not reproducible; a warning says so)."""
+    root = config.root_filesystem
+    if root is None or root.type not in mkfs.EXT_TYPES:
+        log.warning("SOURCE_DATE_EPOCH: the %s root filesystem is not made reproducible "
+                    "(only ext2/3/4 are); the archive outputs are",
+                    root.type if root else "(missing)")
+        return None
+    device = state.image_block_devices[root.name]
+    offset, size = _extent(device)
+    remade = b.wd.image / "root.remade"
+    with open(remade, "wb") as f:
+        f.truncate(size)
+    only_root = b.wd.base / "root-only"
+    only_root.mkdir(exist_ok=True)
+    # a bind mount of the root filesystem alone: nothing mounted below it (the ESP) is seen
+    with mounts.mounted(state.mount_dir("/").as_posix(), only_root, bind=True):
+        mkfs.make(root, str(remade), populate=str(only_root), epoch=epoch,
+                  hash_seed=str(derive_uuid(params.uuid_seed, "hash", root.name)))
+    only_root.rmdir()
+    reproducible.fix_ext_times(remade, epoch, b.wd.base)
+    return remade, offset
+
+
+def _write_at(src: Path, raw: Path, offset: int) -> None:
+    """``src`` into ``raw`` at ``offset``, over whatever was there (holes stay holes)."""
+    size = src.stat().st_size
+    cmd.run(["fallocate", "--punch-hole", "--offset", str(offset), "--length", str(size),
+             raw])
+    cmd.run(["dd", f"if={src}", f"of={raw}", "bs=4M", f"seek={offset}", "oflag=seek_bytes",
+             "conv=notrunc,sparse", "status=none"])
+    src.unlink()
+
+
 def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: str, *,
                tree_outputs: Callable[[Path], None]) -> DiskResult:
     """Lay the tree onto the block device and run the disk and final phases there; call
@@ -120,6 +195,8 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: s
     seeds the filesystems' UUIDs unless DIB_UUID_SEED is set."""
     cfg, wd = b.cfg, b.wd
     root_label = b.env["DIB_ROOT_LABEL"]
+    epoch = cfg.source_date_epoch
+    remade: Optional[Tuple[Path, int]] = None
     with tree.view(wd.built) as view, contextlib.ExitStack() as disk:
         with b.timings.measure("phase", "(size tree)"):
             tree_bytes = _tree_bytes(view)
@@ -129,13 +206,21 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: s
                                 block_size=cfg.block_size, uuid_seed=cfg.uuid_seed or tree_key)
         config = blockdev.load_config(config_text, probe)
         size = image_size(cfg, tree_bytes, config)
-        params = blockdev.Params(**{**probe.__dict__, "image_size": size})
+        params = blockdev.Params(**{**probe.__dict__, "image_size": size, "epoch": epoch})
         config = blockdev.load_config(config_text, params)
-        log.info("disk: %d MiB for a %d MiB tree", size >> 20, tree_bytes >> 20)
+        # mkfs -d at creation (issue 16) is measured slower here than mount + cp -a (6.1 s
+        # against 2.9 s for an 887 MiB tree, work dir on disk): kept off until it is faster;
+        # a reproducible build makes the root again with mkfs -d anyway (_remake_root)
+        populate = POPULATE_AT_CREATION and can_populate(config, view)
+        if populate:
+            params = blockdev.Params(**{**params.__dict__, "populate": view})
+        log.info("disk: %d MiB for a %d MiB tree%s", size >> 20, tree_bytes >> 20,
+                 ", the root filesystem made filled with it (mkfs -d)" if populate else "")
         with b.timings.measure("phase", "(block device)"):
             state = blockdev.BlockDevice(config, params).create(disk)
-        with b.timings.measure("phase", "(copy tree)"):
-            _copy_tree(view, wd.mnt, tree_bytes, size)
+        if not populate:
+            with b.timings.measure("phase", "(copy tree)"):
+                _copy_tree(view, wd.mnt, tree_bytes, size)
         (wd.mnt / "etc").mkdir(exist_ok=True)
         (wd.mnt / "etc" / "fstab").write_text(state.fstab())
         raw = state.image_files[config.loops[0].name]
@@ -152,6 +237,15 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: s
                 b.run(phase.name, wd.mnt, env)
         b.run_final(wd.mnt, env)
         finish_tree(wd.mnt)
+        if epoch is not None:
+            with b.timings.measure("phase", "(clamp times)"):
+                n = reproducible.clamp_mtimes(wd.mnt, epoch)
+            log.info("SOURCE_DATE_EPOCH=%d: %d timestamps clamped", epoch, n)
         tree_outputs(wd.mnt)
+        if epoch is not None:
+            with b.timings.measure("phase", "(reproducible root)"):
+                remade = _remake_root(b, config, state, params, epoch)
     # the disk stack has unmounted, written the ESP and detached: the raw file is complete
+    if remade is not None:
+        _write_at(remade[0], raw, remade[1])
     return DiskResult(raw, has_esp(config), env)

@@ -252,8 +252,12 @@ def build_inputs(arch: str, env: Mapping[str, str], packages: Sequence[str]) -> 
     for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         with contextlib.suppress(OSError):
             apt.update(f.name.encode() + b"\0" + f.read_bytes())
-    return {"arch": arch, "dib_env": json.dumps(dib_vars, sort_keys=True),
-            "packages": list(packages), "host_apt_sources": apt.hexdigest()}
+    inputs = {"arch": arch, "dib_env": json.dumps(dib_vars, sort_keys=True),
+              "packages": list(packages), "host_apt_sources": apt.hexdigest()}
+    # a reproducible build's epoch is in files, logs and the initramfs (unset: keys as before)
+    if env.get("SOURCE_DATE_EPOCH", "").strip():
+        inputs["source_date_epoch"] = env["SOURCE_DATE_EPOCH"].strip()
+    return inputs
 
 
 def now() -> float:

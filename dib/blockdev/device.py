@@ -25,7 +25,7 @@ from dib.blockdev.config import Config
 from dib.blockdev.loop import LoopSpec
 from dib.blockdev.mkfs import MkfsSpec
 from dib.blockdev.mount import MountSpec
-from dib.blockdev.node import node_error
+from dib.blockdev.node import derive_uuid, node_error
 from dib.blockdev.params import Params
 from dib.blockdev.partition import PartitioningSpec
 
@@ -118,14 +118,20 @@ class BlockDevice:
                 parttable.write_table(devices[spec.base], layout)
                 devices.update(parttable.map_partitions(stack, devices[spec.base], layout))
             elif isinstance(spec, MkfsSpec):
-                mkfs.make(spec, devices[spec.base])
+                root = config.root_filesystem
+                populate = params.populate if root is not None and root.name == spec.name \
+                    else None
+                mkfs.make(spec, devices[spec.base],
+                          populate=None if populate is None else str(populate),
+                          epoch=params.epoch,
+                          hash_seed=str(derive_uuid(params.uuid_seed, "hash", spec.name)))
                 devices[spec.name] = devices[spec.base]
             elif isinstance(spec, MountSpec):
                 fs = config.filesystem(spec)
                 device = devices[fs.name]
                 mount.mount(stack, device, fs.type,
                             mount.host_path(params.mount_base, spec.mount_point),
-                            spec.name, params.mount_base.parent)
+                            spec.name, params.mount_base.parent, epoch=params.epoch)
                 mounts.append(MountInfo(spec.mount_point, device, fs.type, fs.label, fs.uuid))
             # partition nodes are made by their partitioning node; fstab nodes are text only
         return State(config, params.mount_base, devices[config.loops[0].name],

@@ -19,8 +19,8 @@ import logging
 import re
 import shlex
 import uuid as uuidlib
-from dataclasses import dataclass
-from typing import Any, ClassVar, List, Mapping, Optional, Tuple
+from dataclasses import dataclass, replace
+from typing import Any, ClassVar, List, Mapping, Optional, Sequence, Tuple
 
 from dib import cmd
 from dib.blockdev.node import Fields, derive_uuid
@@ -84,8 +84,42 @@ def parse(name: str, body: Mapping[str, Any], params: Params) -> MkfsSpec:
     return MkfsSpec(name, base, fstype, label, fsuuid, opts)
 
 
-def mkfs_argv(spec: MkfsSpec, device: str) -> List[str]:
-    """The command creating ``spec`` on ``device``."""
+#: the filesystems ``mkfs -d`` can fill from a directory
+EXT_TYPES = ("ext2", "ext3", "ext4")
+
+
+def with_extended(opts: Sequence[str], extra: Sequence[str]) -> List[str]:
+    """``opts`` with ``extra`` (``key=value``) added to its ``-E`` option (mke2fs takes only
+    the last ``-E``), or a new ``-E`` when it has none."""
+    out = list(opts)
+    for i, opt in enumerate(out):
+        if opt == "-E" and i + 1 < len(out):
+            out[i + 1] = ",".join([out[i + 1], *extra])
+            return out
+        if opt.startswith("-E") and len(opt) > 2:
+            out[i] = ",".join([opt, *extra])
+            return out
+    return [*out, "-E", ",".join(extra)]
+
+
+def reproducible_opts(spec: MkfsSpec, hash_seed: str) -> Tuple[str, ...]:
+    """What an ext filesystem of a reproducible build adds to its options: the directory
+    hash seed derived like its UUID (mke2fs would pick a random one), inode tables and
+    journal written out now (so no lazy initialisation changes them at the first mount)."""
+    if spec.type not in EXT_TYPES:
+        return spec.opts
+    return tuple(with_extended(spec.opts, [f"hash_seed={hash_seed}", "lazy_itable_init=0",
+                                           "lazy_journal_init=0"]))
+
+
+def mkfs_argv(spec: MkfsSpec, device: str, populate: Optional[str] = None) -> List[str]:
+    """The command creating ``spec`` on ``device``; ext2/3/4 filled from the directory
+    ``populate`` when given."""
+    if populate is not None:
+        if spec.type not in EXT_TYPES:
+            raise ValueError(f"mkfs -d fills only {', '.join(EXT_TYPES)}, not {spec.type}")
+        return [f"mkfs.{spec.type}", "-q", "-L", spec.label, "-U", spec.uuid, *spec.opts,
+                "-d", populate, device]
     if spec.type == "swap":
         return ["mkswap", "-L", spec.label, "-U", spec.uuid, *spec.opts, device]
     if spec.type == "vfat":
@@ -97,7 +131,21 @@ def mkfs_argv(spec: MkfsSpec, device: str) -> List[str]:
     return [f"mkfs.{spec.type}", "-q", "-L", spec.label, "-U", spec.uuid, *spec.opts, device]
 
 
-def make(spec: MkfsSpec, device: str, hint: Optional[str] = None) -> None:
-    log.info("creating %s filesystem '%s' on %s", spec.type, spec.label, device)
-    cmd.run(mkfs_argv(spec, device),
+def make(spec: MkfsSpec, device: str, hint: Optional[str] = None, *,
+         populate: Optional[str] = None, epoch: Optional[int] = None,
+         hash_seed: str = "") -> None:
+    """Create ``spec`` on ``device`` (filled from ``populate``, see :func:`mkfs_argv`);
+    with ``epoch`` (a reproducible build) every time the filesystem records is ``epoch``
+    and ext gets :func:`reproducible_opts`."""
+    env = None
+    if epoch is not None:
+        spec = replace(spec, opts=reproducible_opts(spec, hash_seed or spec.uuid))
+        env = cmd.base_env({"E2FSPROGS_FAKE_TIME": str(epoch),
+                            "SOURCE_DATE_EPOCH": str(epoch)})
+    log.info("creating %s filesystem '%s' on %s%s", spec.type, spec.label, device,
+             f", filled from {populate}" if populate else "")
+    if populate is not None and hint is None:
+        hint = ("if the tree does not fit, give more room with DIB_IMAGE_EXTRA_SIZE=<MiB> or "
+                f"--image-size <GiB>; else check the 'opts' of block-device node '{spec.name}'")
+    cmd.run(mkfs_argv(spec, device, populate), env=env,
             hint=hint or f"check the 'opts' of block-device node '{spec.name}'")

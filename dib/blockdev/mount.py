@@ -71,14 +71,15 @@ def host_path(mount_base: Path, mount_point: str) -> Path:
 
 
 def mount(stack: contextlib.ExitStack, device: str, fstype: str, target: Path,
-          name: str, staging_dir: Path) -> None:
+          name: str, staging_dir: Path, epoch: Optional[int] = None) -> None:
     """Mount ``device`` at ``target``; the release goes on ``stack`` right away.
 
-    ``staging_dir`` is where a vfat filesystem's staging directory is created.
+    ``staging_dir`` is where a vfat filesystem's staging directory is created; ``epoch``
+    (a reproducible build) is the time mtools gives what it creates there.
     """
     target.mkdir(parents=True, exist_ok=True)
     if fstype == "vfat":
-        _mount_staging(stack, device, target, name, staging_dir)
+        _mount_staging(stack, device, target, name, staging_dir, epoch)
         return
     cmd.run(["mount", "-t", fstype, device, target],
             hint=f"can this kernel mount {fstype}? see 'dmesg'")
@@ -87,22 +88,24 @@ def mount(stack: contextlib.ExitStack, device: str, fstype: str, target: Path,
 
 
 def _mount_staging(stack: contextlib.ExitStack, device: str, target: Path,
-                   name: str, staging_dir: Path) -> None:
+                   name: str, staging_dir: Path, epoch: Optional[int]) -> None:
     staging_dir.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f"{name}.", suffix=".vfat-staging",
                                     dir=staging_dir))
     stack.callback(shutil.rmtree, staging, True)
     os.chmod(staging, 0o755)
     cmd.run(["mount", "--bind", staging, target])
-    stack.push(_FlushToVfat(device, target, staging))
+    stack.push(_FlushToVfat(device, target, staging, epoch))
     log.info("vfat %s: staging %s bind-mounted at %s", device, staging, target)
 
 
 class _FlushToVfat:
     """Exit callback: release the bind mount, then (on success) fill the vfat filesystem."""
 
-    def __init__(self, device: str, target: Path, staging: Path) -> None:
+    def __init__(self, device: str, target: Path, staging: Path,
+                 epoch: Optional[int] = None) -> None:
         self.device, self.target, self.staging = device, target, staging
+        self.epoch = epoch
 
     def __call__(self, exc_type: Optional[Type[BaseException]],
                  exc: Optional[BaseException], tb: Optional[TracebackType]) -> bool:
@@ -111,7 +114,7 @@ class _FlushToVfat:
             log.info("not filling vfat %s from %s: unwinding after an error",
                      self.device, self.staging)
             return False
-        vfat.copy_tree(self.staging, self.device)
+        vfat.copy_tree(self.staging, self.device, epoch=self.epoch)
         vfat.check(self.device)
         return False
 

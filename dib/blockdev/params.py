@@ -30,6 +30,10 @@ class Params:
     when unset; when set it wins over a local_loop's ``block_size``, else that, else 512.
     ``uuid_seed``: mixed into every derived UUID / disk id, so one seed always gives the same
     identifiers (pass something unique per image if images must not share them).
+    ``populate``: a directory the root filesystem is filled from when it is made (``mkfs
+    -d``, ext2/3/4 only), instead of being mounted empty and copied into. ``epoch``: a
+    reproducible build's SOURCE_DATE_EPOCH; filesystems get it for every time they record
+    and a hash seed derived like their UUID (docs/reproducibility.md).
     """
 
     image_dir: Path
@@ -40,6 +44,8 @@ class Params:
     root_mkfs_opts: str = ""
     block_size: Optional[int] = None
     uuid_seed: str = ""
+    populate: Optional[Path] = None
+    epoch: Optional[int] = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "image_dir", Path(self.image_dir))

@@ -17,7 +17,7 @@ import logging
 import os
 import stat
 from pathlib import Path
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 from dib import cmd
 from dib.errors import BlockDeviceError
@@ -27,9 +27,13 @@ log = logging.getLogger("dib.blockdev.vfat")
 _BATCH = 100
 
 
-def _env() -> Dict[str, str]:
-    # No user/system mtools.conf, and no complaints about odd geometry of partitions.
-    return cmd.base_env({"MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"})
+def _env(epoch: Optional[int] = None) -> Dict[str, str]:
+    # No user/system mtools.conf, and no complaints about odd geometry of partitions; a
+    # reproducible build's epoch for the directories mtools creates.
+    extra = {"MTOOLS_SKIP_CHECK": "1", "MTOOLSRC": "/dev/null"}
+    if epoch is not None:
+        extra["SOURCE_DATE_EPOCH"] = str(epoch)
+    return cmd.base_env(extra)
 
 
 def _check_names(directory: str, names: Sequence[str]) -> None:
@@ -52,9 +56,10 @@ def _chunks(items: List[str]) -> List[List[str]]:
     return [items[i:i + _BATCH] for i in range(0, len(items), _BATCH)]
 
 
-def copy_tree(source: Path, device: str) -> int:
-    """Copy the contents of ``source`` into the vfat filesystem on ``device``; returns files."""
-    env = _env()
+def copy_tree(source: Path, device: str, *, epoch: Optional[int] = None) -> int:
+    """Copy the contents of ``source`` into the vfat filesystem on ``device``; returns files.
+    Files keep their mtimes (``mcopy -m``); directories get ``epoch`` when given."""
+    env = _env(epoch)
     copied = 0
     for dirpath, dirnames, filenames in os.walk(source):
         dirnames.sort()

@@ -81,7 +81,9 @@ def cache_inputs(cfg: BuildConfig) -> Dict[str, Any]:
 def write_tree(run: Run, tree: Path) -> None:
     """Every tree output, from ``tree`` (nothing but the image mounted below it); records
     the tree's packages for the manifest on ``run.facts``."""
+    releases = run.facts.releases  # recorded before cleanup.d removed the lists
     run.facts = manifest.record_tree(run, tree)
+    run.facts.releases = releases
     for family, formats in _wanted(run.cfg, Needs.TREE):
         family.write(run, tree, formats)
 

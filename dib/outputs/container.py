@@ -413,7 +413,7 @@ def write(run: Run, tree: Path, formats: Sequence[ImageFormat]) -> None:
     try:
         log.info("writing the container layer (a tar of the tree)")
         with run.timings.measure("output", "(container layer)"):
-            write_tar(tree, layer_path)
+            write_tar(tree, layer_path, epoch=cfg.source_date_epoch)
             layer = Layer.of(layer_path)
         labels = {"org.opencontainers.image.title": os.path.basename(cfg.image_name),
                   "org.opencontainers.image.created": iso(when),

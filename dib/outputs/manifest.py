@@ -243,6 +243,8 @@ class TreeFacts:
     (:func:`store_facts`), so a reused image gets the same manifest."""
     packages: Optional[List[Package]] = None  #: None: the tree has no dpkg database
     os_release: Dict[str, str] = field(default_factory=dict)
+    #: {apt list file name: sha256} of the (In)Release files the packages were chosen from
+    releases: Dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -268,7 +270,8 @@ def record_tree(run: "Run", tree: Path) -> TreeFacts:
 
 def store_facts(images: "ArtifactCache", key: str, facts: TreeFacts) -> None:
     doc = {"packages": None if facts.packages is None
-           else [asdict(p) for p in facts.packages], "os_release": facts.os_release}
+           else [asdict(p) for p in facts.packages], "os_release": facts.os_release,
+           "releases": facts.releases}
     data = json.dumps(doc)
 
     def write(tmp: Path) -> None:
@@ -289,7 +292,7 @@ def restore_facts(images: "ArtifactCache", key: str) -> Optional[TreeFacts]:
     pkgs = doc.get("packages")
     images.touch(entry.key)
     return TreeFacts(None if pkgs is None else [Package(**p) for p in pkgs],
-                     doc.get("os_release", {}))
+                     doc.get("os_release", {}), doc.get("releases", {}))
 
 
 def _artifact_entries(run: "Run") -> List[Dict[str, Any]]:
@@ -349,6 +352,11 @@ def write_sidecars(run: "Run", summary: BuildSummary) -> None:
         "packages": package_summary(packages),
         "sbom": sbom_path.name if packages is not None else None,
         "uefi": run.has_esp,
+        "reproducible": {
+            "source_date_epoch": cfg.source_date_epoch,
+            "source_date_epoch_from": cfg.source_date_epoch_origin or None,
+            "apt_release_files": run.facts.releases,
+        },
         "timings": {
             "seconds": round(summary.seconds, 3),
             "phases": [{"phase": n, "seconds": round(s, 3)}

@@ -25,13 +25,16 @@ DEFAULT_COMPRESSION_TYPE = "zstd"
 
 def qemu_img_convert_argv(raw: Path, fmt: str, dest: Path, *, compress: bool,
                           options: str = "",
-                          compression_type: str = DEFAULT_COMPRESSION_TYPE) -> List[str]:
+                          compression_type: str = DEFAULT_COMPRESSION_TYPE,
+                          reproducible: bool = False) -> List[str]:
     """The ``qemu-img convert`` command for one disk format.
 
     qcow2 is compressed unless ``compress`` is off (``-u``), with ``compression_type``
     (default zstd), by several coroutines writing out of order (``-m 8 -W``), so the
     compression uses every core instead of dib's single-threaded zlib. A
-    ``compression_type`` in ``options`` (``--qemu-img-options``) wins.
+    ``compression_type`` in ``options`` (``--qemu-img-options``) wins. ``reproducible``
+    (SOURCE_DATE_EPOCH is set): the clusters are written in order (no ``-W``), so where each
+    compressed cluster lands does not depend on which coroutine finished first.
     """
     argv: List[str] = ["qemu-img", "convert", "-f", "raw", "-O", QEMU_FORMATS[fmt]]
     opts = [o for o in options.split(",") if o]
@@ -40,7 +43,7 @@ def qemu_img_convert_argv(raw: Path, fmt: str, dest: Path, *, compress: bool,
             argv.append("-c")
             if compression_type and not any(o.startswith("compression_type=") for o in opts):
                 opts.append(f"compression_type={compression_type}")
-        argv += ["-m", "8", "-W"]
+        argv += ["-m", "8"] if reproducible else ["-m", "8", "-W"]
     if opts:
         argv += ["-o", ",".join(opts)]
     argv += [os.fspath(raw), os.fspath(dest)]
@@ -52,7 +55,8 @@ def convert(run: Run, raw: Path, fmt: ImageFormat, dest: Path) -> None:
     cfg = run.cfg
     cmd.run(qemu_img_convert_argv(raw, fmt.value, dest, compress=cfg.compress,
                                   options=cfg.qemu_img_options,
-                                  compression_type=cfg.qcow2_compression_type))
+                                  compression_type=cfg.qcow2_compression_type,
+                                  reproducible=cfg.source_date_epoch is not None))
 
 
 def write(run: Run, raw: Path, formats: Sequence[ImageFormat]) -> None:

@@ -5,7 +5,7 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 from dib import cmd
 from dib.config import ImageFormat
@@ -21,14 +21,25 @@ TAR_FLAGS = ("--numeric-owner", "--xattrs", "--xattrs-include=*", "--acls", "--s
              "delete=ctime")
 
 
-def write_tar(tree: Path, dest: Path, *, gzip: bool = False) -> None:
-    """Archive ``tree`` (a mount with nothing mounted below it) into ``dest``."""
+def tar_argv(tree: Path, dest: Path, *, gzip: bool = False, epoch: Optional[int] = None,
+             compressor: str = "gzip") -> List[str]:
+    """The tar command archiving ``tree`` into ``dest``. With ``epoch`` (a reproducible
+    build) no member's mtime is later than it and gzip writes no name or time stamp."""
     argv: List[str] = ["tar", *TAR_FLAGS]
+    if epoch is not None:
+        argv += [f"--mtime=@{epoch}", "--clamp-mtime"]
     if gzip:
-        compressor = "pigz" if shutil.which("pigz", path=cmd.SAFE_PATH) else "gzip"
-        argv.append(f"--use-compress-program={compressor}")
+        argv.append(f"--use-compress-program={compressor}"
+                    + (" -n" if epoch is not None else ""))
     argv += ["-C", os.fspath(tree), "-cf", os.fspath(dest), "."]
-    cmd.run(argv)
+    return argv
+
+
+def write_tar(tree: Path, dest: Path, *, gzip: bool = False,
+              epoch: Optional[int] = None) -> None:
+    """Archive ``tree`` (a mount with nothing mounted below it) into ``dest``."""
+    compressor = "pigz" if gzip and shutil.which("pigz", path=cmd.SAFE_PATH) else "gzip"
+    cmd.run(tar_argv(tree, dest, gzip=gzip, epoch=epoch, compressor=compressor))
 
 
 def write(run: Run, tree: Path, formats: Sequence[ImageFormat]) -> None:
@@ -37,7 +48,7 @@ def write(run: Run, tree: Path, formats: Sequence[ImageFormat]) -> None:
         log.info("writing %s", dest)
         with run.timings.measure("output", fmt.value), \
                 atomic_output(dest, run.cfg.overwrite) as tmp:
-            write_tar(tree, tmp, gzip=fmt is ImageFormat.TGZ)
+            write_tar(tree, tmp, gzip=fmt is ImageFormat.TGZ, epoch=run.cfg.source_date_epoch)
         run.add(dest)
 
 

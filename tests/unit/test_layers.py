@@ -37,7 +37,8 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                 "outputs", "outputs.*", "package_installs", "remote", "remote.cache",
                 "remote.client", "remote.layer", "remote.oci", "resolver", "runparts", "tree",
                 "workdir")),
-    ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap", "remote.url")),
+    ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap", "remote.url",
+                "reproducible")),
     ("leaves", ("", "cmd", "errors", "log", "phases")),
 )
 
