@@ -1,10 +1,9 @@
 """The farm on a real Debian image (docs/farm.md): ``vm debian-minimal`` built through a Dask
 cluster on 127.0.0.1 with a registry as the shared cache, then the same element set as a raw
 disk on a machine with an empty cache, which pulls every tree layer from the registry
-instead of building it.
-
-(A layer's key chains the data of every element of the image, so ``vm debian-minimal
-openssh-server`` shares no layer with ``vm debian-minimal``: docs/caching.md.)"""
+instead of building it; and ``vm debian-minimal openssh-server`` on another empty machine,
+which pulls the base layer (root.d: keyed by root.d's own elements and every environment.d,
+docs/caching.md) and builds the rest."""
 from __future__ import annotations
 
 import json
@@ -53,3 +52,17 @@ def test_a_farm_build_warms_the_registry_for_a_fresh_machine(tmp_path, oci_regis
         assert all(s.get("remote") == "hit" for s in second["steps"]), second["steps"]
         assert second["remote_cache"]["bytes_pulled"] > 0
         assert Path(dib.out / "raw.raw").stat().st_size > 0
+
+        other = dib.env({"DIB_IMAGE_CACHE": os.fspath(tmp_path / "other-cache"),
+                         "DIB_RELEASE": "bookworm"})
+        proc = subprocess.run(
+            [sys.executable, os.fspath(builds.DISK_IMAGE_CREATE), "--no-tmpfs",
+             "--remote-cache", oci_registry.url, "-t", "tar", "-o", os.fspath(dib.out / "ssh"),
+             "vm", "debian-minimal", "openssh-server"], env=other, stdin=subprocess.DEVNULL,
+            capture_output=True, text=True, timeout=3000)
+        assert proc.returncode == 0, proc.stderr
+        third = {s["step"]: s for s in
+                 json.loads((dib.out / "ssh.d" / "build-report.json").read_text())["steps"]}
+        assert third["root.d"]["remote"] == "hit"
+        assert third["root.d"]["key"] == first["steps"][0]["key"]
+        assert not third["install.d/01-package-installs"]["cached"]

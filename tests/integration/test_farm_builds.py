@@ -169,31 +169,34 @@ def test_a_worker_killed_mid_build_loses_nothing(dib, cluster):
 
 
 def test_every_shared_layer_is_built_once_in_the_farm(dib, cluster, oci_registry):
-    """Three images of one element set (a layer's key chains every element's data, so
-    images share layers when their elements and build settings are the same) with different
-    outputs, two workers with empty caches of their own and one registry: no layer is built
-    twice in the farm, and what one worker built the other pulled."""
+    """Three images sharing a prefix -- fake-os and t-common, then one element of their own --
+    with different outputs, two workers with empty caches of their own and one registry: no
+    layer is built twice in the farm, the base layer (root.d, keyed by root.d's own elements
+    and every environment.d) is the same in all three, and what one worker built the other
+    pulled."""
     _elements(dib)
-    images = [_image(dib, "tar", "t-common"), _image(dib, "tgz", "t-common"),
-              _image(dib, "both", "t-common")]
+    images = [_image(dib, "base", "t-common"), _image(dib, "a", "t-only-a"),
+              _image(dib, "b", "t-only-b")]
     images[1]["types"] = ["tgz"]
     images[2]["types"] = ["tar", "docker"]
     for image in images:
         image["remote-cache"] = oci_registry.url
     result = _farm(dib, cluster, _recipe(dib, images))
     assert result.returncode == 0, result.stderr
-    reports = {n: dib.report(n) for n in ("tar", "tgz", "both")}
+    reports = {n: dib.report(n) for n in ("base", "a", "b")}
     built = collections.Counter(s["key"] for r in reports.values() for s in r["steps"]
                                 if not s["cached"])
     assert built and set(built.values()) == {1}, built
-    keys = [[s["key"] for s in r["steps"]] for r in reports.values()]
-    assert keys[0] == keys[1] == keys[2]                  # one tree, three outputs
+    bases = {s["key"] for r in reports.values() for s in r["steps"] if s["step"] == "root.d"}
+    assert len(bases) == 1                              # one base layer for the three sets
     workers = set(re.findall(r"building on \S+ \((tcp://[^)]+)\)", result.stderr))
     remote_hits = [s for r in reports.values() for s in r["steps"] if s.get("remote") == "hit"]
     if len(workers) == 2:          # both took images: one pulled what the other built
         assert remote_hits, result.stderr
         assert {s["key"] for s in remote_hits} <= set(built)
-    local = dib.run("t-common", name="local", args=["--no-cache"])
-    assert local.returncode == 0, local.stderr
-    for out in (dib.image("tar"), dib.image("tgz", "tgz"), dib.image("both")):
-        assert _content(out) == _content(dib.image("local"))
+    for n, extra, out in (("base", "t-common", dib.image("base")),
+                          ("a", "t-only-a", dib.image("a", "tgz")),
+                          ("b", "t-only-b", dib.image("b"))):
+        local = dib.run(extra, name=f"local-{n}", args=["--no-cache"])
+        assert local.returncode == 0, local.stderr
+        assert _content(out) == _content(dib.image(f"local-{n}"))
