@@ -151,14 +151,20 @@ def _disk_image_create(argv: List[str]) -> int:
             for n, (img, cfg) in enumerate(recipe.check_all(argv, dict(os.environ)), 1):
                 _print_plan(cfg, f"image {n} ({img.name}) ")
             return 0
-        outcome = recipe.run(argv, dict(os.environ))
+        try:
+            outcome = recipe.run(argv, dict(os.environ))
+        finally:
+            dlog.end_status()
         for path in outcome.outputs:
             print(path)
         if outcome.error is not None:
             raise outcome.error
         return 0
     cfg = config.parse_args(argv, dict(os.environ))
-    dlog.setup(verbose=cfg.trace, quiet=cfg.quiet)
+    # the status line stays off while break points may open an interactive shell
+    dlog.setup(verbose=cfg.trace, quiet=cfg.quiet,
+               progress=cfg.progress and not cfg.break_points and cfg.action != "cleanup"
+               and not cfg.dry_run)
     if cfg.action == "cleanup":
         from dib import workdir
         for line in workdir.cleanup_stale(cfg.tmp_dir):
@@ -168,7 +174,10 @@ def _disk_image_create(argv: List[str]) -> int:
         _print_plan(cfg)
         return 0
     from dib import build
-    result = build.build_image(cfg)
+    try:
+        result = build.build_image(cfg)
+    finally:
+        dlog.end_status()  # before the paths below, or an error's report
     for path in result.outputs:
         print(path)
     return 0

@@ -230,7 +230,7 @@ def build_inputs(arch: str, env: Mapping[str, str], packages: Sequence[str]) -> 
     """The build-wide inputs that can change any step's result."""
     volatile = {"DIB_IMAGE_CACHE", "DIB_LOCKFILES", "DIB_DEBUG_TRACE", "DIB_ARGS", "DIB_ENV",
                 "DIB_PYTHON_EXEC", "DIB_ENGINE_PYTHON", "DIB_OFFLINE", "DIB_QUIET",
-                "DIB_NO_TIMESTAMP", "DIB_CHROOT_CACHE"}
+                "DIB_NO_TIMESTAMP", "DIB_CHROOT_CACHE", "DIB_NO_PROGRESS"}
     dib_vars = {k: v for k, v in env.items() if k.startswith("DIB_") and k not in volatile
                 and not k.startswith(OUTPUT_ONLY_PREFIXES)}
     apt = hashlib.sha256()

@@ -37,7 +37,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                 "outputs", "outputs.*", "package_installs", "resolver", "runparts", "tree",
                 "workdir")),
     ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap")),
-    ("leaves", ("", "cmd", "errors", "log", "phases")),
+    ("leaves", ("", "cmd", "errors", "log", "phases", "status")),
 )
 
 #: The one known upward import, each (importer, imported): config parses the output
