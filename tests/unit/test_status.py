@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import re
+import select
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Iterator, List
@@ -183,7 +184,11 @@ def test_a_real_pty_gets_the_line(tmp_path: Path) -> None:
         dlog.build_started(tmp_path / "none.json")
         dlog.step_started(3, 9, "install.d/10-x", "el")
         dlog.end_status()
-        data = os.read(master, 4096).decode()
+        data = ""
+        while select.select([master], [], [], 1.0)[0]:  # every write, however it arrives
+            data += os.read(master, 4096).decode()
+            if data.endswith("\r\x1b[K") and "[3/9]" in data:
+                break
     os.close(master)
     assert "[3/9] install.d/10-x (el)" in data
 
