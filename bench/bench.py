@@ -9,6 +9,8 @@ this project's ``bin/disk-image-create``, in one run, and reports ratios (ours /
     elem-v1      plus a trivial custom element (one install.d script, version 1)
     incremental  that one script edited (version 2), rebuilt
     no-op        the incremental command again, nothing changed
+    boot         the cold images booted under the same QEMU: seconds to a login prompt
+    edit-to-login  the incremental build plus the boot of its image to a login prompt
 
 For every build: wall seconds, CPU seconds of the build's own process tree (os.wait4), the
 CPU other processes used meanwhile, the load average before it started and the qcow2 size.
@@ -52,13 +54,24 @@ RESULTS_DIR = BENCH_DIR / "results"
 ELEMENTS = ["vm", "debian-minimal"]
 STAMP_ELEMENT = "bench-stamp"
 STAMP_FILE = "etc/dib-bench-stamp"
-STAGES = ["cold", "warm", "elem-v1", "incremental", "no-op"]
+BUILD_STAGES = ["cold", "warm", "elem-v1", "incremental", "no-op"]
+#: stages that boot an image (of a build stage, see BOOTS)
+BOOT_STAGES = ["boot", "edit-to-login"]
+STAGES = BUILD_STAGES + BOOT_STAGES
+#: boot stage -> (the build stage whose image it boots, the stages it needs run before it)
+BOOTS = {"boot": ("cold", ["cold"]),
+         "edit-to-login": ("incremental", ["cold", "elem-v1", "incremental"])}
+#: the one QEMU setup both tools' images boot with (dib.boottest adds the rest: -m 1024,
+#: -smp 2, the disk as virtio, the serial console to a file): a virtio NIC on QEMU's user
+#: network, as a VM has; the accelerator is --boot-accel (TCG by default: KVM may not work)
+BOOT_QEMU_ARGS = ["-nic", "user,model=virtio-net-pci"]
+BOOT_TIMEOUT = 900.0
 TOOLS = ["dib", "dib-project"]
 TOOL_TITLE = {"dib": "diskimage-builder", "dib-project": "this project"}
 
 #: goals of the issue: ratio ours/dib (or seconds, for no-op), see README.md
 GOALS = {"cold": ("ratio", 0.5), "incremental": ("ratio", 0.15), "no-op": ("seconds", 5.0),
-         "qcow2": ("ratio", 1.0)}
+         "qcow2": ("ratio", 1.0), "boot": ("ratio", 0.7), "edit-to-login": ("ratio", 0.25)}
 
 APT_SOURCES = [Path("/etc/apt/sources.list.d/debian.sources")]
 SUDOERS_DIR = Path("/etc/sudoers.d")
@@ -581,6 +594,59 @@ def build(tool: Tool, stage: int, name: str, rnd: int, elements: List[str], dirs
     return row
 
 
+def boot_to_login(tool: Tool, name: str, rnd: int, qcow2: Path, dirs: Dict[str, Path],
+                  accel: str, quiet_wait: float, build_row: Optional[Dict] = None) -> Dict:
+    """Boot ``qcow2`` (left unchanged: QEMU writes to an overlay) with dib.boottest's QEMU
+    and console watching, BOOT_QEMU_ARGS and ``accel``; the row's wall seconds are those to
+    the first login prompt on the serial console, plus ``build_row``'s build seconds for
+    edit-to-login."""
+    sys.path.insert(0, str(REPO))
+    from dib import boottest  # the project's own (standard library only), as --boot-test
+    from dib.errors import DibError
+
+    workdir = dirs["scratch"] / f"boot-{name}-r{rnd}-{tool.key}"
+    shutil.rmtree(workdir, ignore_errors=True)
+    busy_before = wait_quiet(quiet_wait) if quiet_wait > 0 else None
+    load = os.getloadavg()
+    say(f"{TOOL_TITLE[tool.key]}: {name} (round {rnd}): booting {qcow2.name} under {accel}, "
+        f"load average {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}")
+    b0 = cpu_busy_seconds()
+    t0 = time.monotonic()
+    error = None
+    try:
+        res = boottest.boot(qcow2, workdir, accel=accel, accel_source="--boot-accel",
+                            timeout=BOOT_TIMEOUT, extra_args=BOOT_QEMU_ARGS)
+        login = res.seen.get(boottest.DEFAULT_EXPECT[0])
+        if not res.passed or login is None:
+            error = f"no login prompt: {res.failure}"
+        serial = str(res.serial_log)
+    except (DibError, OSError) as exc:
+        login, serial, error = None, "", f"boot failed: {exc}"
+    wall = time.monotonic() - t0
+    busy = cpu_busy_seconds() - b0
+    build_s = build_row["wall_s"] if build_row else 0.0
+    ok = error is None and (build_row is None or build_row["ok"])
+    row = {"round": rnd, "tool": tool.key, "stage": name, "rc": 0 if ok else 1, "ok": ok,
+           "wall_s": round(build_s + (login or 0.0), 2), "boot_s": login, "build_s":
+           build_s if build_row else None, "accel": accel,
+           # QEMU is not a child process here: no own CPU figure, only the machine's
+           "cpu_user_s": None, "cpu_sys_s": None, "cpu_s": None,
+           "others_cores": round(max(0.0, busy) / wall, 2) if wall else 0.0,
+           "loadavg_before": [round(x, 2) for x in load],
+           "busy_before": None if busy_before is None else round(busy_before, 3),
+           "qcow2_bytes": None, "qcow2": str(qcow2), "log": serial,
+           "command": ["qemu-system-x86_64", "-accel", accel, *BOOT_QEMU_ARGS, str(qcow2)]}
+    if error:
+        row["error"] = error
+        row["log_tail"] = f"{error}\n--- last 10 console lines ({serial})\n" + (
+            tail(Path(serial), 10) if serial else "")
+        say(f"{TOOL_TITLE[tool.key]}: {name}: FAILED: {error}")
+    else:
+        say(f"{TOOL_TITLE[tool.key]}: {name}: login prompt after {login:.1f} s"
+            + (f" (+ {build_s:.1f} s build = {row['wall_s']:.1f} s)" if build_row else ""))
+    return row
+
+
 def read_from_image(qcow2: Path, relpath: str, scratch: Path) -> str:
     """The content of ``relpath`` on any partition of ``qcow2``, read through a read-only
     loop device; raises FileNotFoundError if no partition has it."""
@@ -756,9 +822,11 @@ def render(meta: Dict, rows: List[Dict], summary: List[Dict]) -> str:
         cached = (f"{rep['steps_cached']}/{rep['steps_total']}"
                   if "steps_total" in rep else "")
         size = fmt(r["qcow2_bytes"] / 2**20, ".0f") if r["qcow2_bytes"] else "-"
+        cpu = ("-" if r["cpu_s"] is None else
+               f"{r['cpu_s']:.1f} ({r['cpu_user_s']:.0f}+{r['cpu_sys_s']:.0f})")
         L.append(f"| {r['round']} | {TOOL_TITLE[r['tool']]} | {r['stage']} | "
                  f"{'ok' if r['ok'] else 'FAILED rc ' + str(r['rc'])} | {r['wall_s']:.1f} | "
-                 f"{r['cpu_s']:.1f} ({r['cpu_user_s']:.0f}+{r['cpu_sys_s']:.0f}) | "
+                 f"{cpu} | "
                  f"{' '.join(f'{x:.2f}' for x in r['loadavg_before'])} | "
                  f"{r['others_cores']:.2f} | {size} | {cached} |")
     ours = [r for r in rows if r["tool"] == "dib-project" and r.get("report")]
@@ -822,6 +890,9 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--no-snapshot", action="store_true",
                    help="run this project from the checkout itself, not from a copy taken "
                         "at the start of the run")
+    p.add_argument("--boot-accel", choices=["tcg", "kvm"], default="tcg",
+                   help="QEMU accelerator of the boot stages, the same for both tools "
+                        "(default tcg)")
     p.add_argument("--keep-images", action="store_true",
                    help="keep the qcow2 files and the tools' caches (default: each image is "
                         "deleted once measured and checked, the caches when the run ends)")
@@ -834,6 +905,10 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     bad = [s for s in args.stages if s not in STAGES]
     if bad:
         p.error(f"unknown stage(s): {', '.join(bad)}")
+    # a boot stage boots the image of a build stage: that build (and those it builds on) runs
+    args.implied_stages = [need for st in args.stages if st in BOOTS
+                           for need in BOOTS[st][1] if need not in args.stages]
+    args.stages += list(dict.fromkeys(args.implied_stages))
     if args.rounds < 1:
         p.error("--rounds must be at least 1")
     args.workdir = args.workdir.resolve()
@@ -870,6 +945,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     meta: Dict = {
         "started_utc": started.strftime("%Y-%m-%d %H:%M:%S"), "rounds": args.rounds,
         "elements": ELEMENTS, "stages": args.stages, "tools": tools_wanted,
+        "implied_stages": args.implied_stages, "boot_accel": args.boot_accel,
+        "boot_qemu_args": BOOT_QEMU_ARGS,
         "quiet_wait": args.quiet_wait, "project_rev": git_describe(),
         "host": {"cpus": os.cpu_count(), "mem_gib": round(mem_kib / 2**20, 1),
                  "kernel": platform.release(), "python": platform.python_version()},
@@ -923,8 +1000,22 @@ def main(argv: Optional[List[str]] = None) -> int:
             # v1 from the start of the round: the script edit is the round's only change
             write_stamp_element(dirs["elements"], "v1")
             expected = "dib-bench-stamp v1"
+            built: Dict[Tuple[str, str], Dict] = {}   # (tool, build stage) -> row
+            booted = {BOOTS[b][0] for b in BOOT_STAGES if b in args.stages}
             for i, stage in enumerate(STAGES, 1):
                 if stage not in args.stages:
+                    continue
+                if stage in BOOTS:
+                    source = BOOTS[stage][0]
+                    for t in order:
+                        src = built.get((t.key, source))
+                        if src is None or not src["ok"]:
+                            say(f"{TOOL_TITLE[t.key]}: {stage}: skipped, its {source} "
+                                "build failed")
+                            continue
+                        rows.append(boot_to_login(
+                            t, stage, rnd, Path(src["qcow2"]), dirs, args.boot_accel,
+                            args.quiet_wait, src if stage == "edit-to-login" else None))
                     continue
                 elements = list(ELEMENTS)
                 if stage in ("elem-v1", "incremental", "no-op"):
@@ -935,6 +1026,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                 for t in order:
                     row = build(t, i, stage, rnd, elements, dirs, args.quiet_wait)
                     rows.append(row)
+                    built[(t.key, stage)] = row
                     if stage in ("incremental", "no-op") and row["ok"]:
                         try:
                             found = read_from_image(Path(row["qcow2"]), STAMP_FILE,
@@ -949,8 +1041,11 @@ def main(argv: Optional[List[str]] = None) -> int:
                         if not ok:
                             row["ok"] = False
                             row["error"] = f"stamp check: expected {expected!r}, found {found!r}"
-                    if row["ok"] and not args.keep_images:
+                    if row["ok"] and not args.keep_images and stage not in booted:
                         Path(row["qcow2"]).unlink(missing_ok=True)
+            if not args.keep_images:   # the images kept for the boot stages
+                for row in built.values():
+                    Path(row["qcow2"]).unlink(missing_ok=True)
     except KeyboardInterrupt:
         interrupted = True
         say("interrupted; cleaning up and reporting what finished")

@@ -166,6 +166,7 @@ def build_image(cfg: BuildConfig) -> BuildResult:
     status, error = "failed", None
     b: Optional[BuildContext] = None
     run: Optional[outputs.Run] = None
+    dlog.build_started(report_path)  # the status line's estimate: the last build's report
     with dlog.logfile(logfile), interrupt.signals_raise() as guard:
         log.info("dib %s: %s", __version__, describe(cfg))
         log.info("elements: %s", " ".join(res.order))

@@ -152,18 +152,24 @@ def _disk_image_create(argv: List[str]) -> int:
                 _print_plan(cfg, f"image {n} ({img.name}) ")
             return 0
         address = recipe.farm_address(argv, os.environ)
-        if address is not None:
-            from dib import farm  # the only way into Dask (docs/farm.md)
-            outcome = farm.run(argv, dict(os.environ), address)
-        else:
-            outcome = recipe.run(argv, dict(os.environ))
+        try:
+            if address is not None:
+                from dib import farm  # the only way into Dask (docs/farm.md)
+                outcome = farm.run(argv, dict(os.environ), address)
+            else:
+                outcome = recipe.run(argv, dict(os.environ))
+        finally:
+            dlog.end_status()
         for path in outcome.outputs:
             print(path)
         if outcome.error is not None:
             raise outcome.error
         return 0
     cfg = config.parse_args(argv, dict(os.environ))
-    dlog.setup(verbose=cfg.trace, quiet=cfg.quiet)
+    # the status line stays off while break points may open an interactive shell
+    dlog.setup(verbose=cfg.trace, quiet=cfg.quiet,
+               progress=cfg.progress and not cfg.break_points and cfg.action != "cleanup"
+               and not cfg.dry_run)
     if any(a == "--farm" or a.startswith("--farm=") for a in argv):
         from dib.errors import ConfigError
         raise ConfigError("--farm builds the images of a --recipe",
@@ -178,7 +184,10 @@ def _disk_image_create(argv: List[str]) -> int:
         _print_plan(cfg)
         return 0
     from dib import build
-    result = build.build_image(cfg)
+    try:
+        result = build.build_image(cfg)
+    finally:
+        dlog.end_status()  # before the paths below, or an error's report
     for path in result.outputs:
         print(path)
     return 0

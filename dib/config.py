@@ -604,6 +604,9 @@ SETTINGS: Tuple[Setting, ...] = (
        "the console (unless DIB_QUIET=0)", ("--logfile",), "logfile", parse=_not_directory,
        metavar="FILE", accepts="a file path", bad="/", good="build.log"),
     _s("quiet", "no console output", env=("DIB_QUIET",), kind="flag", **_BOOL),
+    _s("no_progress", "no live status line (step k of N, elapsed, estimate) below the log "
+       "lines on a terminal: plain lines, as when the output is not a terminal",
+       ("--no-progress",), env=("DIB_NO_PROGRESS",), kind="flag", **_BOOL),
     _s("overwrite", "replace an existing output instead of renaming it aside",
        env=("OVERWRITE_OLD_IMAGE",), kind="flag", **_BOOL),
     _s("keep_workdir", "leave the (unmounted) work directory for inspection",
@@ -743,6 +746,8 @@ class BuildConfig:
     min_tmpfs_gib: float = 2.0
     logfile: Optional[Path] = None
     quiet: bool = False
+    #: draw the live status line when the console is a terminal (--no-progress: False)
+    progress: bool = True
     root_label: Optional[str] = None
     fs_type: str = "ext4"
     mkfs_options: str = ""
@@ -956,6 +961,7 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
         logfile=v["logfile"],
         quiet=(bool(v["logfile"]) and env.get("DIB_QUIET", "").strip() != "0")
         or bool(v["quiet"]),
+        progress=not v["no_progress"],
         root_label=v["root_label"],
         fs_type=fs_type,
         mkfs_options=v["mkfs_options"] or "",

@@ -244,7 +244,7 @@ def build_inputs(arch: str, env: Mapping[str, str], packages: Sequence[str]) -> 
                 "DIB_PYTHON_EXEC", "DIB_ENGINE_PYTHON", "DIB_OFFLINE", "DIB_QUIET",
                 "DIB_NO_TIMESTAMP", "DIB_CHROOT_CACHE",
                 # where the work directory lives (a farm's workers set these for themselves)
-                "DIB_NO_TMPFS", "DIB_MIN_TMPFS"}
+                "DIB_NO_TMPFS", "DIB_MIN_TMPFS", "DIB_NO_PROGRESS"}
     # where layers are shared (DIB_REMOTE_CACHE*) or built (DIB_FARM*) changes no layer
     dib_vars = {k: v for k, v in env.items() if k.startswith("DIB_") and k not in volatile
                 and not k.startswith(OUTPUT_ONLY_PREFIXES + ("DIB_REMOTE_CACHE", "DIB_FARM"))}

@@ -15,10 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Optional, TextIO, Tuple
 
+from dib import status
 from dib.errors import DibError, report
 
 FILE_FORMAT = "%(asctime)s.%(msecs)03d %(levelname)-5s %(name)s: %(message)s"
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+#: the name of the console handler (there is one)
+CONSOLE = "dib-console"
 
 
 class _ConsoleFormatter(logging.Formatter):
@@ -35,18 +38,55 @@ class _ConsoleFormatter(logging.Formatter):
         return f"{prefix} {msg}"
 
 
-def setup(*, verbose: int = 0, quiet: bool = False, stream: Optional[TextIO] = None) -> None:
-    """Configure the root 'dib' logger for the console. Call once per process."""
+def setup(*, verbose: int = 0, quiet: bool = False, stream: Optional[TextIO] = None,
+          progress: bool = False, stdout: Optional[TextIO] = None) -> None:
+    """Configure the root 'dib' logger for the console. Call once per process.
+
+    ``progress``: draw the live status line (:mod:`dib.status`) below the log lines when
+    ``stream`` and ``stdout`` are both terminals; plain lines otherwise."""
     root = logging.getLogger("dib")
     root.setLevel(logging.DEBUG)
     for h in list(root.handlers):
-        if getattr(h, "_dib_console", False):
+        if h.get_name() == CONSOLE:
             root.removeHandler(h)
-    handler = logging.StreamHandler(stream or sys.stderr)
-    handler._dib_console = True  # type: ignore[attr-defined]
-    handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO))
+            h.close()
+    stream = stream or sys.stderr
+    level = logging.WARNING if quiet else (logging.DEBUG if verbose > 0 else logging.INFO)
+    handler: logging.Handler
+    if progress and not quiet and status.wanted(stream, stdout or sys.stdout):
+        handler = status.StatusHandler(stream, level)
+    else:
+        handler = logging.StreamHandler(stream)
+        handler.setLevel(level)
+        handler.addFilter(_no_events)
+    handler.set_name(CONSOLE)
     handler.setFormatter(_ConsoleFormatter(time.time()))
     root.addHandler(handler)
+
+
+def _no_events(record: logging.LogRecord) -> bool:
+    """Leave out the status line's event records (console without it, and the log file)."""
+    return not (hasattr(record, status.STEP) or hasattr(record, status.BUILD))
+
+
+def build_started(report: Path) -> None:
+    """Tell the status line a build starts; ``report`` is where the previous build of the
+    same image left its timings."""
+    logging.getLogger("dib.status").debug("build started", extra={status.BUILD: report})
+
+
+def step_started(index: int, total: int, label: str, element: str = "") -> None:
+    """Tell the status line step ``index`` of ``total`` starts."""
+    logging.getLogger("dib.status").debug(
+        "step %d of %d: %s", index, total, label,
+        extra={status.STEP: status.Step(index, total, label, element)})
+
+
+def end_status() -> None:
+    """Erase the status line for good (before the CLI prints its results or an error)."""
+    for h in logging.getLogger("dib").handlers:
+        if isinstance(h, status.StatusHandler):
+            h.stop()
 
 
 def helper_main(body: Callable[[], int]) -> int:
@@ -83,6 +123,7 @@ def logfile(path: Path) -> Iterator[Path]:
     handler = logging.FileHandler(path, mode="a", encoding="utf-8")
     handler.setLevel(logging.DEBUG)
     handler.setFormatter(_FileFormatter(FILE_FORMAT, DATE_FORMAT))
+    handler.addFilter(_no_events)
     root = logging.getLogger("dib")
     root.setLevel(logging.DEBUG)
     root.addHandler(handler)

@@ -395,7 +395,8 @@ def run(argv: Sequence[str], environ: Mapping[str, str]) -> Outcome:
 
     images, stop = plan(argv, environ)
     cfgs = [_check(img) for img in images]
-    dlog.setup(verbose=max(c.trace for c in cfgs), quiet=all(c.quiet for c in cfgs))
+    dlog.setup(verbose=max(c.trace for c in cfgs), quiet=all(c.quiet for c in cfgs),
+               progress=all(c.progress and not c.break_points for c in cfgs))
     outcome = Outcome()
     for n, (img, cfg) in enumerate(zip(images, cfgs), 1):
         log.info("recipe: building %s (%d of %d): %s", img.name, n, len(images),

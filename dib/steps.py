@@ -16,9 +16,10 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
 
 from dib import content_keys, layers
+from dib import log as dlog
 from dib.cache import file_sha256
 from dib.context import BuildContext, finish_tree
 from dib.errors import ConfigError, DibError
@@ -47,10 +48,41 @@ class Chain:
         self.shared = ""
         self.declared = content_keys.load({e.name: e.path for e in b.res.ordered()},
                                           [p.name for p in of_stage("tree") if p.script_steps])
+        self.plan = plan(b)
+
+    def announce(self, step_id: str) -> None:
+        """Step ``step_id`` starts (for the status line: k of N, its element)."""
+        labels = [label for label, _ in self.plan]
+        if step_id in labels:
+            k = labels.index(step_id)
+            dlog.step_started(k + 1, len(self.plan), step_id, self.plan[k][1])
 
     def inputs(self, step: str, **extra: Any) -> Dict[str, Any]:
         return {"prev": self.prev, "step": step, "build": self.build,
                 "elements": self.elements, "shared": self.shared, **extra}
+
+
+#: the last step of the plan: everything after the tree (disk or final phases, outputs)
+DISK_STEP, FINAL_STEP = "disk and outputs", "final phases and outputs"
+
+
+def plan(b: BuildContext) -> List[Tuple[str, str]]:
+    """The steps of this build in order, (label, element), as the status line counts them:
+    the tree's steps, then one for everything after the tree."""
+    out: List[Tuple[str, str]] = []
+    for phase in of_stage("tree"):
+        scripts = b.tree_hooks.scripts(phase.name)
+        if phase.name == "root.d":
+            out.append(("root.d", ", ".join(sorted({s.element for s in scripts}))))
+        elif phase.name == "extra-data.d":
+            if b.has_work(phase.name):
+                out.append(("extra-data.d", ", ".join(sorted({s.element for s in scripts}))))
+        else:
+            out.extend((f"{phase.name}/{s.name}", s.element) for s in scripts)
+            if phase.name == "install.d" and b.cfg.packages:
+                out.append(("-p", ""))
+    out.append((DISK_STEP if b.cfg.needs_block_device else FINAL_STEP, ""))
+    return out
 
 
 def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str, Any],
@@ -148,6 +180,7 @@ def _root_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
                            "filesystem", hint="the operating-system element's root.d must "
                                               "populate $TARGET_ROOT")
 
+    chain.announce("root.d")
     chain.prev = _step(b, tree, "root.d", inputs, body, base=True, host=True)
 
 
@@ -169,6 +202,7 @@ def base_elements(b: BuildContext, owners: Set[str]) -> str:
 def _extra_data_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
     """extra-data.d on every build; a layer only if it wrote into the tree."""
     if b.has_work("extra-data.d"):
+        chain.announce("extra-data.d")
         with b.store.new_upper("extra-data.d") as upper:
             with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
                 b.run("extra-data.d", mnt)
@@ -207,6 +241,7 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase
 
         inputs = chain.inputs(step_id, element=script.element,
                               script=file_sha256(script.path))
+        chain.announce(step_id)
         decl = chain.declared.get(step_id)
         if decl is not None and decl.element != script.element:
             raise ConfigError(f"element {decl.element}: {content_keys.FILE_NAME} declares "
@@ -218,6 +253,7 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase
         else:
             chain.prev = _step(b, tree, step_id, inputs, body, host=not phase.in_chroot)
     if phase.name == "install.d" and b.cfg.packages:
+        chain.announce("-p")
         chain.prev = _step(b, tree, "-p", chain.inputs("-p"), b.install_extra_packages)
 
 
@@ -256,6 +292,7 @@ def run_tree_steps(b: BuildContext, tree: LayeredTree) -> str:
         else:
             assert phase.script_steps, phase.name
             _script_steps(b, tree, chain, phase)
+    chain.announce(chain.plan[-1][0])
     return layers.step_key({"tree": chain.prev, "shared": chain.shared})
 
 

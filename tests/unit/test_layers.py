@@ -39,7 +39,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
                 "workdir")),
     ("basics", ("cache", "config", "element", "mirror", "mounts", "pkgmap", "remote.url",
                 "reproducible")),
-    ("leaves", ("", "cmd", "errors", "log", "phases")),
+    ("leaves", ("", "cmd", "errors", "log", "phases", "status")),
 )
 
 #: The one known upward import, each (importer, imported): config parses the output
