@@ -10,6 +10,8 @@ from dib import cmd
 from dib.config import BuildConfig, ImageFormat
 from dib.outputs.base import Family, Needs, Run
 from dib.outputs.files import atomic_output
+from dib.outputs.stable_ids import FORMATS as STABLE_FORMATS
+from dib.outputs.stable_ids import stabilize
 
 log = logging.getLogger("dib.outputs")
 
@@ -51,12 +53,18 @@ def qemu_img_convert_argv(raw: Path, fmt: str, dest: Path, *, compress: bool,
 
 
 def convert(run: Run, raw: Path, fmt: ImageFormat, dest: Path) -> None:
-    """``raw`` as ``fmt`` at ``dest`` (a temporary path), with the build's qemu-img settings."""
+    """``raw`` as ``fmt`` at ``dest`` (a temporary path), with the build's qemu-img settings.
+    With SOURCE_DATE_EPOCH, the ids and times qemu-img randomises in vmdk, vhd and vdi are
+    made stable (:mod:`dib.outputs.stable_ids`); the vmdk's extent is named after the final
+    file, not the temporary one."""
     cfg = run.cfg
     cmd.run(qemu_img_convert_argv(raw, fmt.value, dest, compress=cfg.compress,
                                   options=cfg.qemu_img_options,
                                   compression_type=cfg.qcow2_compression_type,
                                   reproducible=cfg.source_date_epoch is not None))
+    if cfg.source_date_epoch is not None and fmt.value in STABLE_FORMATS:
+        stabilize(dest, fmt.value, raw, cfg.source_date_epoch,
+                  extent_name=cfg.output_path(fmt).name)
 
 
 def write(run: Run, raw: Path, formats: Sequence[ImageFormat]) -> None:
