@@ -73,11 +73,35 @@ def crc32c(data: bytes) -> int:
 
 
 def content_seed(raw: Path, fmt: str) -> bytes:
-    """The seed of a file's ids: the sha256 of the raw disk it holds, and the format."""
+    """The seed of a file's ids: a sha256 of the raw disk's bytes, and the format.
+
+    A disk is mostly zeros: each MiB of zeros is hashed as a marker, not byte by byte, and a
+    MiB inside a hole of the sparse file is not even read. A hole and written zeros hash
+    alike: only the bytes count, not how the file is allocated."""
+    mib = 1 << 20
+    zeros = bytes(mib)
     h = hashlib.sha256()
     with open(raw, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
+        size = os.fstat(f.fileno()).st_size
+        offset = 0
+        while offset < size:
+            try:
+                data = os.lseek(f.fileno(), offset, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole from here on
+                data = size
+            holes = (min(data, size) - offset) // mib
+            if holes:
+                h.update(struct.pack("<BI", 0, mib) * holes)
+                offset += holes * mib
+                continue
+            f.seek(offset)
+            block = f.read(min(mib, size - offset))
+            if not block:
+                raise DibError(f"{raw}: shorter than its size while reading")
+            h.update(struct.pack("<BI", 0 if block == zeros[:len(block)] else 1, len(block)))
+            if block != zeros[:len(block)]:
+                h.update(block)
+            offset += len(block)
     return hashlib.sha256(h.digest() + b"\0" + fmt.encode()).digest()
 
 

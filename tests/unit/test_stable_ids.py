@@ -19,7 +19,7 @@ from dib.config import ImageFormat, parse_args
 from dib.log import Timings
 from dib.outputs import Run, family_of, ova, vhdx
 from dib.outputs.qemu import qemu_img_convert_argv
-from dib.outputs.stable_ids import VHD_EPOCH, crc32c, stabilize, vhd_checksum
+from dib.outputs.stable_ids import VHD_EPOCH, content_seed, crc32c, stabilize, vhd_checksum
 
 MIB = 1 << 20
 EPOCH = 1700000000
@@ -83,6 +83,27 @@ def _reads_back(image: Path, qemu_fmt: str, raw: Path, tmp_path: Path) -> None:
 def test_crc32c_is_castagnoli():
     assert crc32c(b"123456789") == 0xE3069283  # the standard check value
     assert crc32c(b"") == 0
+
+
+def test_the_seed_depends_on_the_bytes_not_on_the_allocation(tmp_path):
+    sparse, written = tmp_path / "sparse", tmp_path / "written"
+    size = 3 * MIB + 1000  # not whole MiBs
+    with open(sparse, "wb") as f:
+        f.truncate(size)
+        f.seek(2 * MIB + 10)
+        f.write(b"data")
+    with open(written, "wb") as f:
+        f.write(bytes(2 * MIB + 10) + b"data" + bytes(size - 2 * MIB - 14))
+    assert content_seed(sparse, "vdi") == content_seed(written, "vdi")
+    assert content_seed(sparse, "vdi") != content_seed(sparse, "vhd")
+    with open(written, "r+b") as f:
+        f.seek(size - 1)
+        f.write(b"x")
+    assert content_seed(sparse, "vdi") != content_seed(written, "vdi")
+    before = content_seed(sparse, "vdi")
+    with open(sparse, "r+b") as f:
+        f.truncate(size + 1)  # one more zero byte is other content
+    assert content_seed(sparse, "vdi") != before
 
 
 @needs_qemu_img
