@@ -166,19 +166,33 @@ def test_the_checksums_are_computed_as_qemu_img_computes_them(raw, tmp_path):
     subprocess.run(vhdx.convert_argv(raw, vhdx_file), check=True)
     footer = vhd.read_bytes()[-512:]
     assert struct.unpack_from(">I", footer, 64)[0] == vhd_checksum(footer)
-    data = vhdx_file.read_bytes()
-    for off in (64 * 1024, 128 * 1024):
-        header = bytearray(data[off:off + 4096])
-        stored = struct.unpack_from("<I", header, 4)[0]
-        header[4:8] = bytes(4)
-        assert stored == crc32c(bytes(header))
+    before = _vhdx_checksums(vhdx_file.read_bytes())
+    assert len(before) >= 3  # two headers and at least one log entry
     stabilize(vhdx_file, "vhdx", raw, EPOCH)
-    data = vhdx_file.read_bytes()
-    for off in (64 * 1024, 128 * 1024):
-        header = bytearray(data[off:off + 4096])
-        stored = struct.unpack_from("<I", header, 4)[0]
-        header[4:8] = bytes(4)
-        assert stored == crc32c(bytes(header))
+    after = _vhdx_checksums(vhdx_file.read_bytes())
+    assert len(after) == len(before)
+
+
+def _vhdx_checksums(data: bytes) -> List[int]:
+    """Each header's and log entry's stored CRC-32C, asserted equal to the recomputed one."""
+    found = []
+    spans = [(off, 4096) for off in (64 * 1024, 128 * 1024)]
+    log_length, log_offset = struct.unpack_from("<IQ", data, 64 * 1024 + 68)
+    pos = log_offset
+    while pos < log_offset + log_length:
+        if data[pos:pos + 4] == b"loge":
+            length = struct.unpack_from("<I", data, pos + 8)[0]
+            spans.append((pos, length))
+            pos += length
+        else:
+            pos += 4096
+    for off, length in spans:
+        block = bytearray(data[off:off + length])
+        stored = struct.unpack_from("<I", block, 4)[0]
+        block[4:8] = bytes(4)
+        assert stored == crc32c(bytes(block)), f"checksum at {off}"
+        found.append(stored)
+    return found
 
 
 @pytest.fixture
