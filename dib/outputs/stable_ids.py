@@ -72,8 +72,8 @@ def crc32c(data: bytes) -> int:
     return crc ^ 0xFFFFFFFF
 
 
-def content_seed(raw: Path, fmt: str) -> bytes:
-    """The seed of a file's ids: a sha256 of the raw disk's bytes, and the format.
+def raw_digest(raw: Path) -> bytes:
+    """A sha256 of the raw disk's bytes, which seeds (with the format) a file's ids.
 
     A disk is mostly zeros: each MiB of zeros is hashed as a marker, not byte by byte, and a
     MiB inside a hole of the sparse file is not even read. A hole and written zeros hash
@@ -102,7 +102,7 @@ def content_seed(raw: Path, fmt: str) -> bytes:
             if block != zeros[:len(block)]:
                 h.update(block)
             offset += len(block)
-    return hashlib.sha256(h.digest() + b"\0" + fmt.encode()).digest()
+    return h.digest()
 
 
 class Ids:
@@ -273,13 +273,16 @@ FORMATS = ("vmdk", "vhd", "vdi", "vhdx")
 
 
 def stabilize(path: Path, fmt: str, raw: Path, epoch: int,
-              extent_name: Optional[str] = None) -> None:
+              extent_name: Optional[str] = None, digest: Optional[bytes] = None) -> None:
     """Make the ids and times in ``path`` (a ``fmt`` file converted from ``raw``) depend only
     on ``raw``'s content, ``fmt`` and ``epoch``. ``extent_name``: for vmdk, the file name the
-    descriptor's extent line should carry (the final name, not the temporary one)."""
+    descriptor's extent line should carry (the final name, not the temporary one).
+    ``digest``: ``raw_digest(raw)``, when the caller has it already (several formats)."""
     if fmt not in FORMATS:
         raise DibError(f"no stable ids for format {fmt}")
-    ids = Ids(content_seed(raw, fmt))
+    if digest is None:
+        digest = raw_digest(raw)
+    ids = Ids(hashlib.sha256(digest + b"\0" + fmt.encode()).digest())
     with open(path, "r+b") as f:
         if fmt == "vmdk":
             stabilize_vmdk(f, ids, extent_name)

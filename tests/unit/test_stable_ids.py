@@ -19,7 +19,7 @@ from dib.config import ImageFormat, parse_args
 from dib.log import Timings
 from dib.outputs import Run, family_of, ova, vhdx
 from dib.outputs.qemu import qemu_img_convert_argv
-from dib.outputs.stable_ids import VHD_EPOCH, content_seed, crc32c, stabilize, vhd_checksum
+from dib.outputs.stable_ids import VHD_EPOCH, crc32c, raw_digest, stabilize, vhd_checksum
 
 MIB = 1 << 20
 EPOCH = 1700000000
@@ -94,16 +94,15 @@ def test_the_seed_depends_on_the_bytes_not_on_the_allocation(tmp_path):
         f.write(b"data")
     with open(written, "wb") as f:
         f.write(bytes(2 * MIB + 10) + b"data" + bytes(size - 2 * MIB - 14))
-    assert content_seed(sparse, "vdi") == content_seed(written, "vdi")
-    assert content_seed(sparse, "vdi") != content_seed(sparse, "vhd")
+    assert raw_digest(sparse) == raw_digest(written)
     with open(written, "r+b") as f:
         f.seek(size - 1)
         f.write(b"x")
-    assert content_seed(sparse, "vdi") != content_seed(written, "vdi")
-    before = content_seed(sparse, "vdi")
+    assert raw_digest(sparse) != raw_digest(written)
+    before = raw_digest(sparse)
     with open(sparse, "r+b") as f:
         f.truncate(size + 1)  # one more zero byte is other content
-    assert content_seed(sparse, "vdi") != before
+    assert raw_digest(sparse) != before
 
 
 @needs_qemu_img
@@ -228,3 +227,17 @@ def test_a_multi_file_vmdk_is_left_as_written_with_a_warning(raw, tmp_path, capl
     stabilize(dest, "vmdk", raw, EPOCH)
     assert dest.read_bytes() == before
     assert "keeps qemu-img's random CID" in caplog.text
+
+
+@needs_qemu_img
+def test_several_formats_in_one_run_match_one_format_runs(raw, tmp_path):
+    """One run hashes the raw disk once for all its formats; the ids are per format."""
+    run = _run(tmp_path / "both", "vhd,vdi,vmdk", {"SOURCE_DATE_EPOCH": str(EPOCH)})
+    formats = [ImageFormat.VHD, ImageFormat.VDI, ImageFormat.VMDK]
+    family_of(ImageFormat.VHD).write(run, raw, formats)
+    for fmt in formats:
+        alone = _write(tmp_path / fmt.value, raw, fmt.value)
+        assert _sha256(run.cfg.output_path(fmt)) == _sha256(alone)
+    vhd = run.cfg.output_path(ImageFormat.VHD).read_bytes()[-512:]
+    vdi = run.cfg.output_path(ImageFormat.VDI).read_bytes()
+    assert vhd[68:84] != vdi[392:408]  # the format is part of the seed
