@@ -26,6 +26,7 @@ Per format (what an empirical ``cmp`` of two conversions of one raw file showed 
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import logging
 import os
@@ -87,8 +88,9 @@ def raw_digest(raw: Path) -> bytes:
         while offset < size:
             try:
                 data = os.lseek(f.fileno(), offset, os.SEEK_DATA)
-            except OSError:  # ENXIO: only a hole from here on
-                data = size
+            except OSError as exc:
+                # ENXIO: only a hole from here on; anything else: no hole map, read it all
+                data = size if exc.errno == errno.ENXIO else offset
             holes = (min(data, size) - offset) // mib
             if holes:
                 h.update(struct.pack("<BI", 0, mib) * holes)
@@ -98,8 +100,9 @@ def raw_digest(raw: Path) -> bytes:
             block = f.read(min(mib, size - offset))
             if not block:
                 raise DibError(f"{raw}: shorter than its size while reading")
-            h.update(struct.pack("<BI", 0 if block == zeros[:len(block)] else 1, len(block)))
-            if block != zeros[:len(block)]:
+            zero = block == zeros[:len(block)]
+            h.update(struct.pack("<BI", 0 if zero else 1, len(block)))
+            if not zero:
                 h.update(block)
             offset += len(block)
     return h.digest()
