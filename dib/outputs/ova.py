@@ -32,6 +32,7 @@ from dib.errors import DibError
 from dib.outputs.base import Family, Needs, Run
 from dib.outputs.files import atomic_output
 from dib.outputs.libvirt import DomainSettings
+from dib.outputs.stable_ids import stabilize
 
 log = logging.getLogger("dib.outputs")
 
@@ -137,12 +138,17 @@ def _add(tar: tarfile.TarFile, name: str, size: int, data: IO[bytes], mtime: int
     tar.addfile(info, data)
 
 
+def disk_name(name: str) -> str:
+    """The disk's member name in the OVA of image ``name``."""
+    return f"{name}-disk1.vmdk"
+
+
 def write_ova(dest: Path, vmdk: Path, *, name: str, capacity: int, cpus: int, memory_mib: int,
               os_id: int, os_name: str, mtime: int) -> List[str]:
     """The OVA at ``dest`` from the streamOptimized ``vmdk``; returns its member names."""
     import io
 
-    disk_href = f"{name}-disk1.vmdk"
+    disk_href = disk_name(name)
     disk_size = vmdk.stat().st_size
     if disk_size > USTAR_MAX:
         raise DibError(f"-t ova: the disk ({disk_size >> 20} MiB as streamOptimized VMDK) is "
@@ -184,6 +190,9 @@ def write(run: Run, raw: Path, formats: Sequence[ImageFormat]) -> None:
         try:
             cmd.run(["qemu-img", "convert", "-f", "raw", "-O", "vmdk", "-o",
                      "subformat=streamOptimized", os.fspath(raw), os.fspath(vmdk)])
+            if cfg.source_date_epoch is not None:
+                stabilize(vmdk, "vmdk", raw, cfg.source_date_epoch,
+                          extent_name=disk_name(os.path.basename(cfg.image_name)))
             write_ova(tmp, vmdk, name=os.path.basename(cfg.image_name),
                       capacity=raw.stat().st_size, cpus=domain.vcpus,
                       memory_mib=domain.memory_mib,

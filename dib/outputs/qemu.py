@@ -4,12 +4,14 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from dib import cmd
 from dib.config import BuildConfig, ImageFormat
 from dib.outputs.base import Family, Needs, Run
 from dib.outputs.files import atomic_output
+from dib.outputs.stable_ids import FORMATS as STABLE_FORMATS
+from dib.outputs.stable_ids import raw_digest, stabilize
 
 log = logging.getLogger("dib.outputs")
 
@@ -50,17 +52,28 @@ def qemu_img_convert_argv(raw: Path, fmt: str, dest: Path, *, compress: bool,
     return argv
 
 
-def convert(run: Run, raw: Path, fmt: ImageFormat, dest: Path) -> None:
-    """``raw`` as ``fmt`` at ``dest`` (a temporary path), with the build's qemu-img settings."""
+def convert(run: Run, raw: Path, fmt: ImageFormat, dest: Path,
+            digest: Optional[bytes] = None) -> None:
+    """``raw`` as ``fmt`` at ``dest`` (a temporary path), with the build's qemu-img settings.
+    With SOURCE_DATE_EPOCH, the ids and times qemu-img randomises in vmdk, vhd and vdi are
+    made stable (:mod:`dib.outputs.stable_ids`); the vmdk's extent is named after the final
+    file, not the temporary one. ``digest``: the raw disk's ``raw_digest``, if known."""
     cfg = run.cfg
     cmd.run(qemu_img_convert_argv(raw, fmt.value, dest, compress=cfg.compress,
                                   options=cfg.qemu_img_options,
                                   compression_type=cfg.qcow2_compression_type,
                                   reproducible=cfg.source_date_epoch is not None))
+    if cfg.source_date_epoch is not None and fmt.value in STABLE_FORMATS:
+        stabilize(dest, fmt.value, raw, cfg.source_date_epoch,
+                  extent_name=cfg.output_path(fmt).name, digest=digest)
 
 
 def write(run: Run, raw: Path, formats: Sequence[ImageFormat]) -> None:
     # raw last: the other conversions read the raw file, which raw's copy may replace later
+    digest = None
+    if run.cfg.source_date_epoch is not None and \
+            any(f.value in STABLE_FORMATS for f in formats):
+        digest = raw_digest(raw)  # once for every format that needs stable ids
     for fmt in sorted(formats, key=lambda f: f is ImageFormat.RAW):
         dest = run.cfg.output_path(fmt)
         log.info("writing %s", dest)
@@ -69,7 +82,7 @@ def write(run: Run, raw: Path, formats: Sequence[ImageFormat]) -> None:
             if fmt is ImageFormat.RAW:
                 cmd.run(["cp", "--sparse=always", os.fspath(raw), os.fspath(tmp)])
             else:
-                convert(run, raw, fmt, tmp)
+                convert(run, raw, fmt, tmp, digest)
         run.add(dest)
 
 
