@@ -239,25 +239,10 @@ def recover(environ: Mapping[str, str]) -> List[str]:
     base = tmp_dir(environ)
     done = workdir.cleanup_stale(base)
     for scratch in sorted(base.glob("dib_farm.*")) if base.is_dir() else []:
-        if not _in_use(scratch):
+        if not workdir.lock_held(scratch / "lock"):  # no task runs there any more
             shutil.rmtree(scratch, ignore_errors=True)
             done.append(f"removed stale farm task directory {scratch}")
     return done
-
-
-def _in_use(path: Path) -> bool:
-    """A task directory's lock is held while its task runs."""
-    try:
-        fd = os.open(path / "lock", os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
 
 
 def dask_setup(worker: Any) -> None:

@@ -197,10 +197,11 @@ def workdir(tmp_dir: Path, *, use_tmpfs: bool, min_tmpfs_gib: float,
         yield wd
 
 
-def _held(lockfile: Path) -> bool:
+def lock_held(lockfile: Path) -> bool:
+    """Some process holds ``lockfile``'s flock (a running build's, or a farm task's)."""
     try:
         fd = os.open(lockfile, os.O_RDONLY)
-    except FileNotFoundError:
+    except OSError:
         return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -232,7 +233,7 @@ def cleanup_stale(tmp_dir: Path) -> List[str]:
     if not tmp_dir.is_dir():
         return done
     for root in sorted(tmp_dir.glob(PREFIX + "*")):
-        if not root.is_dir() or _held(root / "lock"):
+        if not root.is_dir() or lock_held(root / "lock"):
             continue
         killed = mounts.kill_processes_in(root)
         if killed:

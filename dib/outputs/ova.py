@@ -27,6 +27,7 @@ from typing import IO, Any, Dict, List, Mapping, Sequence, Tuple
 from xml.sax.saxutils import escape, quoteattr
 
 from dib import cmd
+from dib.cache import file_sha256
 from dib.config import BuildConfig, ImageFormat
 from dib.errors import DibError
 from dib.outputs.base import Family, Needs, Run
@@ -122,14 +123,6 @@ ovf:fileRef="file1" ovf:format="{STREAM_OPTIMIZED}"/>
 """
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(4 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _add(tar: tarfile.TarFile, name: str, size: int, data: IO[bytes], mtime: int) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = size, 0o644, mtime
@@ -159,7 +152,7 @@ def write_ova(dest: Path, vmdk: Path, *, name: str, capacity: int, cpus: int, me
                      os_name=os_name).encode()
     ET.fromstring(ovf)  # well-formed, or a bug here
     mf = (f"SHA256({name}.ovf)= {hashlib.sha256(ovf).hexdigest()}\n"
-          f"SHA256({disk_href})= {_sha256(vmdk)}\n").encode()
+          f"SHA256({disk_href})= {file_sha256(vmdk)}\n").encode()
     names = [f"{name}.ovf", disk_href, f"{name}.mf"]
     with tarfile.open(dest, "w", format=tarfile.USTAR_FORMAT) as tar:
         _add(tar, names[0], len(ovf), io.BytesIO(ovf), mtime)
