@@ -4,16 +4,14 @@ machine of its own (tests/lib/farm.py). docs/farm.md."""
 from __future__ import annotations
 
 import collections
-import hashlib
 import os
 import re
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
-from typing import Dict, Tuple
+from typing import Tuple
 
 import pytest
 import yaml
@@ -67,17 +65,6 @@ def _image(dib, name, *elements, env=None) -> dict:
     return entry
 
 
-def _content(path: Path) -> Dict[str, Tuple]:
-    """An archive's members: type, mode, owner, link target and content digest (not the
-    times, which differ between any two builds)."""
-    out = {}
-    with tarfile.open(path) as tar:
-        for m in tar.getmembers():
-            data = tar.extractfile(m).read() if m.isfile() else b""
-            out[m.name] = (m.type, m.mode, m.uid, m.gid, m.linkname,
-                           hashlib.sha256(data).hexdigest())
-    return out
-
 
 def _farm(dib, cluster, recipe: Path, *args, timeout=400):
     return dib.cli("--recipe", os.fspath(recipe), "--farm", cluster.address, *args,
@@ -105,7 +92,7 @@ def test_a_recipe_is_built_across_the_farm_as_a_local_build_would(dib, cluster):
     for n, extra in (("base", ["t-common"]), ("a", ["t-only-a"]), ("b", ["t-only-b"])):
         local = dib.run(*extra, name=f"local-{n}", args=["--no-cache"])
         assert local.returncode == 0, local.stderr
-        assert _content(dib.image(n)) == _content(dib.image(f"local-{n}"))
+        assert builds.tar_members(dib.image(n)) == builds.tar_members(dib.image(f"local-{n}"))
     assert dib.read("etc/t-only-b", name="b") == b"b\n"
 
 
@@ -199,4 +186,4 @@ def test_every_shared_layer_is_built_once_in_the_farm(dib, cluster, oci_registry
                           ("b", "t-only-b", dib.image("b"))):
         local = dib.run(extra, name=f"local-{n}", args=["--no-cache"])
         assert local.returncode == 0, local.stderr
-        assert _content(out) == _content(dib.image(f"local-{n}"))
+        assert builds.tar_members(out) == builds.tar_members(dib.image(f"local-{n}"))

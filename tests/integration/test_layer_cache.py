@@ -7,12 +7,10 @@ distributions docs/caching.md lists the files that legitimately differ between b
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import subprocess
 import tarfile
-from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
 import pytest
 
@@ -38,16 +36,6 @@ def dib(tmp_path):
         yield d
 
 
-def _tree(tar: Path) -> Dict[str, Tuple]:
-    """path -> (type, mode, uid, gid, link target, content digest)."""
-    out = {}
-    with tarfile.open(tar) as t:
-        for m in t.getmembers():
-            data = t.extractfile(m).read() if m.isfile() else b""
-            out[m.name] = (m.type, m.mode, m.uid, m.gid, m.linkname,
-                           hashlib.sha256(data).hexdigest())
-    return out
-
 
 def _steps(report: dict) -> Dict[str, dict]:
     return {s["step"]: s for s in report["steps"]}
@@ -71,7 +59,7 @@ def test_rebuild_reuses_every_step_and_then_the_image(dib):
     assert all(s["cached"] for s in second["steps"])
     # the finished image came from the cache: nothing was stored again
     assert "(cache image)" not in [p["phase"] for p in second["phases"]]
-    assert _tree(dib.image("one")) == _tree(dib.image("two"))
+    assert builds.tar_members(dib.image("one")) == builds.tar_members(dib.image("two"))
     log = dib.logfile("two").read_text()
     assert "(cached image)" in log
 
@@ -97,7 +85,7 @@ def test_cached_rebuild_gives_the_same_tree_as_a_clean_one(dib):
     _build(dib, "cached")
     clean = _build(dib, "clean", "--no-cache")
     assert not any(s["cached"] for s in clean["steps"])
-    cached, fresh = _tree(dib.image("cached")), _tree(dib.image("clean"))
+    cached, fresh = builds.tar_members(dib.image("cached")), builds.tar_members(dib.image("clean"))
     assert cached == fresh
     # whiteouts and replaced directories came out right through cached layers
     assert "./opt/t/dir/x" not in cached and cached["./opt/t/dir"][0] == tarfile.REGTYPE
@@ -152,7 +140,7 @@ def test_two_concurrent_builds_share_the_cache_safely(dib):
     procs = [dib.start("t-cache", name=f"c{i}") for i in range(2)]
     for p in procs:
         assert p.wait(timeout=120) == 0, dib.stderr_of_started()
-    assert _tree(dib.image("c0")) == _tree(dib.image("c1"))
+    assert builds.tar_members(dib.image("c0")) == builds.tar_members(dib.image("c1"))
     third = _build(dib, "c2")
     assert all(s["cached"] for s in third["steps"])
 
@@ -241,7 +229,7 @@ def test_a_declared_step_is_reused_when_only_unrelated_steps_changed(content_dib
     assert dib.read("opt/app/summary", name="two") == b"app-v2\nCONF-V1\n"
     # the cached result is the same tree a build without the cache makes
     _content_build(dib, "clean", "--no-cache")
-    assert _tree(dib.image("two")) == _tree(dib.image("clean"))
+    assert builds.tar_members(dib.image("two")) == builds.tar_members(dib.image("clean"))
 
 
 def test_a_declared_step_runs_again_when_what_it_reads_changed(content_dib):

@@ -7,12 +7,10 @@ build costs a warning, never the build.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import tarfile
-from pathlib import Path
-from typing import Dict, Tuple
+from typing import Dict
 
 import pytest
 
@@ -52,16 +50,6 @@ def dib(tmp_path):
         yield d
 
 
-def _tree(tar: Path) -> Dict[str, Tuple]:
-    """path -> (type, mode, uid, gid, link target, content digest)."""
-    out = {}
-    with tarfile.open(tar) as t:
-        for m in t.getmembers():
-            data = t.extractfile(m).read() if m.isfile() else b""
-            out[m.name] = (m.type, m.mode, m.uid, m.gid, m.linkname,
-                           hashlib.sha256(data).hexdigest())
-    return out
-
 
 def _build(dib, name: str, registry_url: str, cache: str = "image-cache",
            extra_env: Dict[str, str] = None) -> dict:
@@ -94,7 +82,7 @@ def test_a_fresh_machine_pulls_every_step_and_builds_the_same_tree(dib, oci_regi
     assert remote["image_hits"] == 2  # the output came from the registry too
     assert remote["bytes_pulled"] == first["remote_cache"]["bytes_pushed"]
     assert "(cached image)" in dib.logfile("two").read_text()
-    one, two = _tree(dib.image("one")), _tree(dib.image("two"))
+    one, two = builds.tar_members(dib.image("one")), builds.tar_members(dib.image("two"))
     assert one == two
     assert "./bin/vi" not in two and two["./opt/t/dir"][0] == tarfile.REGTYPE
     assert two["./opt/t/a"][2:4] == (123, 45)
@@ -152,7 +140,7 @@ def test_a_corrupt_blob_is_detected_warned_about_and_rebuilt(dib, oci_registry):
     warnings = second["remote_cache"]["warnings"]
     assert any("install.d/30-t-remote-b" in w for w in warnings), warnings
     assert "install.d/30-t-remote-b" in dib.logfile("two").read_text()
-    assert _tree(dib.image("one")) == _tree(dib.image("two"))
+    assert builds.tar_members(dib.image("one")) == builds.tar_members(dib.image("two"))
 
 
 def test_a_registry_that_is_gone_costs_a_warning_not_the_build(dib, oci_registry):
@@ -163,7 +151,7 @@ def test_a_registry_that_is_gone_costs_a_warning_not_the_build(dib, oci_registry
     remote = second["remote_cache"]
     assert "unreachable" in remote["disabled"] and remote["hits"] == 0
     assert len(remote["warnings"]) == 1  # said once, then left alone
-    assert _tree(dib.image("one")) == _tree(dib.image("two"))
+    assert builds.tar_members(dib.image("one")) == builds.tar_members(dib.image("two"))
     # strict pushing makes the same situation an error that names the registry
     proc = dib.run("t-remote", name="three",
                    env={"DIB_IMAGE_CACHE": os.fspath(dib.base / "third-cache"),
@@ -189,4 +177,4 @@ def test_the_registry_going_away_mid_build_does_not_fail_it(dib, oci_registry):
     assert "unreachable" in second["remote_cache"]["disabled"]
     assert not oci_registry.answers()
     assert dib.read("opt/t/post-root", name="two") == b"host\n"
-    assert _tree(dib.image("one")) == _tree(dib.image("two"))
+    assert builds.tar_members(dib.image("one")) == builds.tar_members(dib.image("two"))

@@ -14,6 +14,7 @@ next test) and then fails if there was anything::
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -22,7 +23,7 @@ import sys
 import tarfile
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib import cmd, mounts
 from tests.lib import leaks
@@ -205,3 +206,15 @@ class Dib:
 def _strip(name: str) -> str:
     name = name[2:] if name.startswith("./") else name
     return "." if name in ("", ".") else name.rstrip("/")
+
+
+def tar_members(path: Path) -> Dict[str, Tuple]:
+    """An archive's members: path -> (type, mode, uid, gid, link target, content digest);
+    not the times, which differ between any two builds without SOURCE_DATE_EPOCH."""
+    out = {}
+    with tarfile.open(path) as tar:
+        for m in tar.getmembers():
+            data = tar.extractfile(m).read() if m.isfile() else b""
+            out[m.name] = (m.type, m.mode, m.uid, m.gid, m.linkname,
+                           hashlib.sha256(data).hexdigest())
+    return out
