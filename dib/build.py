@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Optional, cast
+from typing import TYPE_CHECKING, Any, Dict, FrozenSet, List, Optional, cast
 
 from dib import (
     __version__,
@@ -37,6 +37,7 @@ from dib import (
     steps,
 )
 from dib import log as dlog
+from dib.beside import Beside, RunInSequence
 from dib.cache import ArtifactCache
 from dib.config import BuildConfig, describe
 from dib.context import BuildContext, hook_environment
@@ -110,9 +111,16 @@ def _image_inputs(b: BuildContext, tree_key: str, disk_config: Optional[str]) ->
             **({"artifacts": extra} if (extra := outputs.cache_inputs(cfg)) else {})}
 
 
-def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> None:
+def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str],
+           sequential: FrozenSet[str]) -> None:
     tree = LayeredTree(b.store.dir, b.wd.mnt)
-    tree_key = b.record.tree_key = steps.run_tree_steps(b, tree)
+    with Beside(b, tree, sequential) as beside:
+        _build_tree(b, run, disk_config, tree, beside)
+
+
+def _build_tree(b: BuildContext, run: outputs.Run, disk_config: Optional[str],
+                tree: LayeredTree, beside: Beside) -> None:
+    tree_key = b.record.tree_key = steps.run_tree_steps(b, tree, beside)
     # the apt Release files the packages came from (cleanup.d removes the lists)
     with tree.view(b.wd.built) as view:
         run.facts.releases = reproducible.release_files(view)
@@ -135,7 +143,8 @@ def _build(b: BuildContext, run: outputs.Run, disk_config: Optional[str]) -> Non
     else:
         # the tree outputs are written from the finished disk's mounted root filesystem
         result = disk.build_disk(b, tree, disk_config, _disk_seed(b, tree_key),
-                                 tree_outputs=lambda root: outputs.write_tree(run, root))
+                                 tree_outputs=lambda root: outputs.write_tree(run, root),
+                                 beside=beside)
         b.record.has_esp = run.has_esp = result.has_esp
         outputs.write_disk(run, result.raw)
     if images is not None:
@@ -195,7 +204,14 @@ def build_image(cfg: BuildConfig) -> BuildResult:
                                  store, chroot.host_resolv_copy(wd.base / "resolv.conf"),
                                  remote=_remote_cache(cfg, store, timings, stack))
                 run = outputs.Run(cfg, timings, tuple(res.order), written=b.outputs)
-                _build(b, run, disk_config)
+                sequential: FrozenSet[str] = frozenset()
+                while True:
+                    try:
+                        _build(b, run, disk_config, sequential)
+                        break
+                    except RunInSequence as again:  # once per step at most
+                        sequential |= {again.step}
+                        b.steps.clear()
             status = "ok"
         except DibError as exc:
             error = str(exc)

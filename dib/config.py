@@ -604,6 +604,9 @@ SETTINGS: Tuple[Setting, ...] = (
        "the console (unless DIB_QUIET=0)", ("--logfile",), "logfile", parse=_not_directory,
        metavar="FILE", accepts="a file path", bad="/", good="build.log"),
     _s("quiet", "no console output", env=("DIB_QUIET",), kind="flag", **_BOOL),
+    _s("steps_in_sequence", "run every tree step in sequence: none beside the steps after it, "
+       "even where the element's layer-inputs.yaml allows it (docs/caching.md)",
+       ("--steps-in-sequence",), env=("DIB_STEPS_IN_SEQUENCE",), kind="flag", **_BOOL),
     _s("no_progress", "no live status line (step k of N, elapsed, estimate) below the log "
        "lines on a terminal: plain lines, as when the output is not a terminal",
        ("--no-progress",), env=("DIB_NO_PROGRESS",), kind="flag", **_BOOL),
@@ -748,6 +751,8 @@ class BuildConfig:
     quiet: bool = False
     #: draw the live status line when the console is a terminal (--no-progress: False)
     progress: bool = True
+    #: declared steps may run beside the steps after them (--steps-in-sequence: False)
+    steps_beside: bool = True
     root_label: Optional[str] = None
     fs_type: str = "ext4"
     mkfs_options: str = ""
@@ -962,6 +967,7 @@ def _build_config(v: Dict[str, Any], elements: Sequence[str], argv: Sequence[str
         quiet=(bool(v["logfile"]) and env.get("DIB_QUIET", "").strip() != "0")
         or bool(v["quiet"]),
         progress=not v["no_progress"],
+        steps_beside=not v["steps_in_sequence"],
         root_label=v["root_label"],
         fs_type=fs_type,
         mkfs_options=v["mkfs_options"] or "",

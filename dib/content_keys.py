@@ -26,7 +26,7 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Dict, Iterable, List, Mapping, Tuple
+from typing import Dict, Iterable, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -44,6 +44,13 @@ class Declaration:
     step: str
     reads: Tuple[str, ...]
     writes: Tuple[str, ...] = ()
+    #: ``room-mib``: what the step adds to the tree at most; the disk is sized with it in
+    #: place of the step's layer, so the step may still run while the tree is copied into
+    #: the disk (:mod:`dib.beside`)
+    room_mib: Optional[int] = None
+    #: ``beside: true``: the steps after it do not read what it writes, so it may run beside
+    #: them (:mod:`dib.beside`)
+    beside: bool = False
 
 
 def _paths(value: object, where: str, key: str, *, required: bool) -> Tuple[str, ...]:
@@ -76,13 +83,21 @@ def parse(text: str, element: str, where: str, phases: Iterable[str]) -> Tuple[D
         if phase not in phases or not script or "/" in script:
             raise ConfigError(f"{where}: key '{step}' is not 'phase/script' for a phase whose "
                               f"steps are layers ({', '.join(phases)})")
-        if not isinstance(body, dict) or set(body) - {"reads", "writes"}:
+        if not isinstance(body, dict) or set(body) - {"reads", "writes", "beside", "room-mib"}:
             raise ConfigError(f"{where}: '{step}' must be a mapping with 'reads' and "
-                              "optionally 'writes'")
+                              "optionally 'writes', 'beside' and 'room-mib'")
+        if not isinstance(body.get("beside", False), bool):
+            raise ConfigError(f"{where}: '{step}: beside' must be true or false, not "
+                              f"{body['beside']!r}")
+        room = body.get("room-mib")
+        if room is not None and (not isinstance(room, int) or isinstance(room, bool)
+                                 or room < 0):
+            raise ConfigError(f"{where}: '{step}: room-mib' must be a whole number of MiB "
+                              f"(0 or more), not {room!r}", hint="e.g. room-mib: 96")
         out.append(Declaration(element, str(step),
                                _paths(body.get("reads"), where, f"{step}: reads", required=True),
                                _paths(body.get("writes"), where, f"{step}: writes",
-                                      required=False)))
+                                      required=False), room, body.get("beside", False)))
     return tuple(out)
 
 
@@ -166,7 +181,7 @@ def _under(rel: str, allowed: Iterable[str]) -> bool:
     return any(a == "" or rel == a or rel.startswith(a + "/") for a in allowed)
 
 
-def _opaque(path: str) -> bool:
+def is_opaque(path: str) -> bool:
     for attr in ("trusted.overlay.opaque", "trusted.overlay.redirect"):
         try:
             os.getxattr(path, attr, follow_symlinks=False)
@@ -191,7 +206,7 @@ def undeclared(upper: Path, allowed: Iterable[str]) -> List[str]:
         for d in list(dirnames):
             rel = os.path.join(rel_dir, d)
             full = os.path.join(dirpath, d)
-            if os.path.islink(full) or _opaque(full):
+            if os.path.islink(full) or is_opaque(full):
                 if not _under(rel, allowed):
                     bad.append("/" + rel)
                 dirnames.remove(d)
@@ -202,3 +217,32 @@ def undeclared(upper: Path, allowed: Iterable[str]) -> List[str]:
         if len(bad) >= 10:
             break
     return sorted(bad)[:10]
+
+
+def _related(rel: str, paths: Iterable[str]) -> bool:
+    """``rel`` is one of ``paths``, below one, or above one."""
+    return any(p == "" or rel == p or rel.startswith(p + "/") or p.startswith(rel + "/")
+               for p in paths)
+
+
+def touching(upper: Path, paths: Iterable[str]) -> List[str]:
+    """Changes (as :func:`undeclared` counts them) in a step's upper directory at, below or
+    above one of ``paths`` (first ten, sorted): what another step's result would collide
+    with."""
+    paths = tuple(paths)
+    hits: List[str] = []
+    for dirpath, dirnames, filenames in os.walk(upper):
+        rel_dir = os.path.relpath(dirpath, upper)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for d in list(dirnames):
+            rel = os.path.join(rel_dir, d)
+            if not _related(rel, paths):
+                dirnames.remove(d)
+            elif os.path.islink(os.path.join(dirpath, d)) or is_opaque(os.path.join(dirpath, d)):
+                hits.append("/" + rel)
+                dirnames.remove(d)
+        hits.extend("/" + os.path.join(rel_dir, f) for f in filenames
+                    if _related(os.path.join(rel_dir, f), paths))
+        if len(hits) >= 10:
+            break
+    return sorted(hits)[:10]

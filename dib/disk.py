@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Callable, Dict, Mapping, Optional, Tuple
 
 from dib import blockdev, cmd, dibcompat, mounts, reproducible, resolver
+from dib.beside import Beside
 from dib.blockdev import mkfs
 from dib.blockdev.node import derive_uuid
 from dib.blockdev.partition import PartitioningSpec
@@ -188,18 +189,21 @@ def _write_at(src: Path, raw: Path, offset: int) -> None:
 
 
 def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: str, *,
-               tree_outputs: Callable[[Path], None]) -> DiskResult:
+               tree_outputs: Callable[[Path], None], beside: Beside) -> DiskResult:
     """Lay the tree onto the block device and run the disk and final phases there; call
     ``tree_outputs`` with the finished root filesystem (still mounted, nothing below it).
     The result's raw disk file is complete (unmounted, ESP written, detached). ``tree_key``
-    seeds the filesystems' UUIDs unless DIB_UUID_SEED is set."""
+    seeds the filesystems' UUIDs unless DIB_UUID_SEED is set. ``beside``: a step still
+    running beside joins once the tree is copied; steps with ``room-mib`` count with it, not
+    with their layers (:mod:`dib.beside`)."""
     cfg, wd = b.cfg, b.wd
     root_label = b.env["DIB_ROOT_LABEL"]
     epoch = cfg.source_date_epoch
     remade: Optional[Tuple[Path, int]] = None
+    with b.timings.measure("phase", "(size tree)"):
+        with tree.view(wd.built, without=beside.room_layers) as sized:
+            tree_bytes = _tree_bytes(sized) + beside.room_bytes
     with tree.view(wd.built) as view, contextlib.ExitStack() as disk:
-        with b.timings.measure("phase", "(size tree)"):
-            tree_bytes = _tree_bytes(view)
         probe = blockdev.Params(image_dir=wd.image, mount_base=wd.mnt, image_size=None,
                                 root_fs_type=cfg.fs_type, root_label=root_label,
                                 root_mkfs_opts=cfg.root_mkfs_options,
@@ -221,6 +225,7 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: s
         if not populate:
             with b.timings.measure("phase", "(copy tree)"):
                 _copy_tree(view, wd.mnt, tree_bytes, size)
+        beside.join_onto(wd.mnt)
         (wd.mnt / "etc").mkdir(exist_ok=True)
         (wd.mnt / "etc" / "fstab").write_text(state.fstab())
         raw = state.image_files[config.loops[0].name]

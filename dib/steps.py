@@ -16,10 +16,11 @@ import logging
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Set, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Set, Tuple
 
 from dib import content_keys, layers
 from dib import log as dlog
+from dib.beside import Beside
 from dib.cache import file_sha256
 from dib.context import BuildContext, finish_tree
 from dib.errors import ConfigError, DibError
@@ -85,28 +86,17 @@ def plan(b: BuildContext) -> List[Tuple[str, str]]:
     return out
 
 
-def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str, Any],
-          body: Callable[[Path], None], *, base: bool = False, host: bool = False,
-          declared: Optional[Tuple[content_keys.Declaration, content_keys.Reading,
-                                   Mapping[str, Any]]] = None) -> str:
-    """Reuse the layer for ``inputs`` or run ``body`` on a fresh one; returns the key.
-
-    A ``host`` step (root.d, post-root.d) may also write into the hooks tree (e.g. an
-    environment.d file for later phases); what it wrote is kept with its layer and put back
-    when the layer is reused.
-
-    ``declared`` (a step of layer-inputs.yaml, what it read, and the chain's inputs for it):
-    ``inputs`` are then its content inputs; the layer is also looked up by the chain's inputs,
-    and kept under them instead when the step changed a path it did not declare.
-    """
-    key = layers.step_key(inputs)
+def _reuse(b: BuildContext, tree: LayeredTree, step_id: str,
+           candidates: Sequence[Tuple[str, Mapping[str, Any]]], *, host: bool,
+           beside: Optional[Beside]) -> Optional[str]:
+    """The layer of the first of ``candidates`` (key, inputs) in the cache, or pulled from
+    the remote cache, put on the tree; returns its key (None: a miss)."""
     start = time.monotonic()
-    candidates = [(key, inputs)]
-    if declared is not None:
-        candidates.append((layers.step_key(declared[2]), declared[2]))
     for key, _ in candidates:
         hit = b.store.lookup(key)
         if hit is not None:
+            if beside is not None:
+                beside.collides(step_id, hit, again=False)
             tree.add_layer(hit)
             if host:
                 b.store.restore_hooks_delta(key, b.wd.hooks)
@@ -119,27 +109,77 @@ def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str,
         assert b.remote is not None
         pulled = b.remote.fetch(key, step_id, candidate)
         if pulled is not None:
+            if beside is not None:
+                beside.collides(step_id, pulled, again=False)
             tree.add_layer(pulled)
             if host:
                 b.store.restore_hooks_delta(key, b.wd.hooks)
             b.steps.append(StepRecord(step_id, key, True, round(time.monotonic() - start, 3),
                                       remote="hit"))
             return key
-    key = candidates[0][0]
-    before = layers.snapshot(b.wd.hooks) if host else None
+    return None
+
+
+def _changed(b: BuildContext, step_id: str, inputs: Mapping[str, Any],
+             chained: Optional[Mapping[str, Any]]) -> Tuple[str, ...]:
+    """Which inputs changed since ``step_id`` was last kept, for the report: against the form
+    of key it was last kept under (the chain's, ``chained``, if it strayed)."""
     last = b.store.last_inputs(step_id)
-    # against the form of key the step was last kept under (chained, if it strayed)
-    compare = declared[2] if declared is not None and last and "prev" in last else inputs
+    compare = chained if chained is not None and last and "prev" in last else inputs
     changed = tuple(layers.changed_inputs(last, compare))
     if b.store.enabled:
         log.debug("%s: cache miss, changed: %s", step_id, ", ".join(changed))
+    return changed
+
+
+def _empty(path: Path) -> None:
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _step(b: BuildContext, tree: LayeredTree, step_id: str, inputs: Mapping[str, Any],
+          body: Callable[[Path], None], *, base: bool = False, host: bool = False,
+          declared: Optional[Tuple[content_keys.Declaration, content_keys.Reading,
+                                   Mapping[str, Any]]] = None,
+          beside: Optional[Beside] = None) -> str:
+    """Reuse the layer for ``inputs`` or run ``body`` on a fresh one; returns the key.
+
+    A ``host`` step (root.d, post-root.d) may also write into the hooks tree (e.g. an
+    environment.d file for later phases); what it wrote is kept with its layer and put back
+    when the layer is reused.
+
+    ``declared`` (a step of layer-inputs.yaml, what it read, and the chain's inputs for it):
+    ``inputs`` are then its content inputs; the layer is also looked up by the chain's inputs,
+    and kept under them instead when the step changed a path it did not declare.
+
+    ``beside``: a step may be running beside this one (:mod:`dib.beside`); what this step
+    changed is checked against it before it is kept.
+    """
+    candidates = [(layers.step_key(inputs), inputs)]
+    if declared is not None:
+        candidates.append((layers.step_key(declared[2]), declared[2]))
+    reused = _reuse(b, tree, step_id, candidates, host=host, beside=beside)
+    if reused is not None:
+        return reused
+    start = time.monotonic()
+    key = candidates[0][0]
+    before = layers.snapshot(b.wd.hooks) if host else None
+    changed = _changed(b, step_id, inputs, declared[2] if declared is not None else None)
     with b.store.new_upper(step_id) as upper:
         if base:
             with tree.write_base(upper) as mnt:
                 body(mnt)
         else:
-            with tree.write_step(upper, b.store.work_dir(upper)) as mnt, b.chroot(mnt):
+            work = b.store.work_dir(upper)
+            with tree.write_step(upper, work) as mnt, b.chroot(mnt):
                 body(mnt)
+            if beside is not None and beside.collides(step_id, upper, again=True):
+                _empty(upper)
+                with tree.write_step(upper, work) as mnt, b.chroot(mnt):
+                    body(mnt)
         if declared is not None and b.store.enabled:
             decl, reading, chained = declared
             stray = content_keys.undeclared(upper, reading.allowed)
@@ -218,10 +258,12 @@ def _extra_data_step(b: BuildContext, tree: LayeredTree, chain: Chain) -> None:
     chain.shared = layers.tree_digest(b.wd.hooks, skip_top=PHASE_NAMES + ("dib-elements.json",))
 
 
-def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase) -> None:
+def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase,
+                  beside: Beside) -> None:
     """Every script of ``phase`` a cached step of its own, run by one :class:`Runner` (so
     environment.d is sourced once, on the first miss); the phase's break points open in the
-    first and the last script's step (break= disables the cache, so every step runs)."""
+    first and the last script's step (break= disables the cache, so every step runs). A
+    declared step may run beside the steps after it (:mod:`dib.beside`)."""
     scripts = b.tree_hooks.scripts(phase.name)
     runner: Optional[Runner] = None
 
@@ -242,32 +284,74 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase
         inputs = chain.inputs(step_id, element=script.element,
                               script=file_sha256(script.path))
         chain.announce(step_id)
+        beside.poll()
         decl = chain.declared.get(step_id)
         if decl is not None and decl.element != script.element:
             raise ConfigError(f"element {decl.element}: {content_keys.FILE_NAME} declares "
                               f"{step_id}, a script of element {script.element}",
                               hint="an element may declare only its own scripts")
+        if decl is not None and beside.allowed(decl, phase.in_chroot):
+            chain.prev = _beside_step(b, tree, chain, beside, decl, inputs, script,
+                                      first=i == 0, last=i == len(scripts) - 1)
+            continue
         if decl is not None and b.store.enabled:
             chain.prev = _content_step(b, tree, chain, decl, inputs, body,
-                                       host=not phase.in_chroot)
+                                       host=not phase.in_chroot, beside=beside)
         else:
-            chain.prev = _step(b, tree, step_id, inputs, body, host=not phase.in_chroot)
+            chain.prev = _step(b, tree, step_id, inputs, body, host=not phase.in_chroot,
+                               beside=beside)
+        if decl is not None:
+            beside.note_room(decl, tree.layers[-1])
     if phase.name == "install.d" and b.cfg.packages:
         chain.announce("-p")
-        chain.prev = _step(b, tree, "-p", chain.inputs("-p"), b.install_extra_packages)
+        chain.prev = _step(b, tree, "-p", chain.inputs("-p"), b.install_extra_packages,
+                           beside=beside)
 
 
 def _content_step(b: BuildContext, tree: LayeredTree, chain: Chain,
                   decl: content_keys.Declaration, inputs: Mapping[str, Any],
-                  body: Callable[[Path], None], host: bool) -> str:
+                  body: Callable[[Path], None], host: bool, beside: Beside) -> str:
     """A step of layer-inputs.yaml: keyed by what it reads (see :mod:`dib.content_keys`)."""
     with tree.view(b.wd.built) as root:
         reading = content_keys.read(root, decl)
     own = {k: v for k, v in inputs.items() if k != "prev"}
     key = _step(b, tree, decl.step, {**own, **reading.inputs}, body, host=host,
-                declared=(decl, reading, inputs))
+                declared=(decl, reading, inputs), beside=beside)
     # later steps chain on the whole tree so far, not on this step's content key alone
     return layers.step_key({"prev": chain.prev, "step": decl.step, "layer": key})
+
+
+def _beside_step(b: BuildContext, tree: LayeredTree, chain: Chain, beside: Beside,
+                 decl: content_keys.Declaration, inputs: Mapping[str, Any], script: Script,
+                 *, first: bool, last: bool) -> str:
+    """A declared step in the chroot: its layer from the cache, or it starts in a branch
+    beside the steps after it (:mod:`dib.beside`). Keyed as :func:`_content_step` keys it
+    (by the chain's inputs without the layer cache)."""
+    with tree.view(b.wd.built) as root:
+        reading = content_keys.read(root, decl)
+    if not b.store.enabled:
+        beside.start(decl.step, decl, reading, layers.step_key(inputs), inputs, inputs, (),
+                     _runs(script, first, last))
+        return layers.step_key(inputs)
+    own = {k: v for k, v in inputs.items() if k != "prev"}
+    content = {**own, **reading.inputs}
+    key = layers.step_key(content)
+    reused = _reuse(b, tree, decl.step, [(key, content), (layers.step_key(inputs), inputs)],
+                    host=False, beside=beside)
+    if reused is not None:
+        beside.note_room(decl, tree.layers[-1])
+        key = reused
+    else:
+        beside.start(decl.step, decl, reading, key, content, inputs,
+                     _changed(b, decl.step, content, inputs), _runs(script, first, last))
+    return layers.step_key({"prev": chain.prev, "step": decl.step, "layer": key})
+
+
+def _runs(script: Script, first: bool, last: bool) -> Callable[[BuildContext, Path], None]:
+    """A branch's body: ``script`` by a runner of its own (its own mount point, timings)."""
+    def body(own: BuildContext, mnt: Path) -> None:
+        own.runner(script.phase, mnt).run((script,), before=first, after=last)
+    return body
 
 
 def _shell_step(b: BuildContext, tree: LayeredTree, phase: Phase,
@@ -280,9 +364,10 @@ def _shell_step(b: BuildContext, tree: LayeredTree, phase: Phase,
         tree.add_layer(upper)
 
 
-def run_tree_steps(b: BuildContext, tree: LayeredTree) -> str:
+def run_tree_steps(b: BuildContext, tree: LayeredTree, beside: Beside) -> str:
     """The phases of the ``tree`` stage, root.d through post-root.d; returns the key of the
-    finished tree."""
+    finished tree. A step still running beside (:mod:`dib.beside`) joins the tree here,
+    unless the disk can be sized without it."""
     chain = Chain(b)
     for phase in of_stage("tree"):
         if phase.name == "root.d":
@@ -291,8 +376,11 @@ def run_tree_steps(b: BuildContext, tree: LayeredTree) -> str:
             _extra_data_step(b, tree, chain)
         else:
             assert phase.script_steps, phase.name
-            _script_steps(b, tree, chain, phase)
+            _script_steps(b, tree, chain, phase, beside)
     chain.announce(chain.plan[-1][0])
+    beside.poll()
+    if not beside.waits_for_disk:
+        beside.join()
     return layers.step_key({"tree": chain.prev, "shared": chain.shared})
 
 

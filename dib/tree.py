@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Iterator, List
+from typing import Collection, Iterator, List, Optional, Sequence
 
 from dib import mounts
 from dib.errors import DibError
@@ -35,6 +35,12 @@ class LayeredTree:
         self._check(layer)
         self.layers.append(layer)
 
+    def insert_layer(self, index: int, layer: Path) -> None:
+        """Put a finished layer at ``index`` of the stack (a step that ran beside the steps
+        above it takes its own place: :mod:`dib.beside`)."""
+        self._check(layer)
+        self.layers.insert(index, layer)
+
     @contextlib.contextmanager
     def write_base(self, upper: Path) -> Iterator[Path]:
         """``upper`` writable at ``mnt`` as the first layer (root.d). Yields ``mnt``."""
@@ -45,22 +51,26 @@ class LayeredTree:
             yield self.mnt
 
     @contextlib.contextmanager
-    def write_step(self, upper: Path, work: Path) -> Iterator[Path]:
-        """A writable overlay at ``mnt``: every layer so far under ``upper``."""
-        if not self.layers:
+    def write_step(self, upper: Path, work: Path, *, at: Optional[Path] = None,
+                   below: Optional[Sequence[Path]] = None) -> Iterator[Path]:
+        """A writable overlay at ``mnt`` (or ``at``): every layer so far (or ``below``, bottom
+        first) under ``upper``. Yields the mount point."""
+        below = self.layers if below is None else below
+        if not below:
             raise DibError("a step needs the base layer first")
         self._check(upper)
-        lowers = list(reversed(self.layers))  # topmost first
-        with mounts.overlay(lowers, upper, work, self.mnt):
-            yield self.mnt
+        target = self.mnt if at is None else at
+        with mounts.overlay(list(reversed(below)), upper, work, target):  # topmost first
+            yield target
 
     @contextlib.contextmanager
-    def view(self, target: Path) -> Iterator[Path]:
-        """The merged tree, read-only, at ``target``."""
-        if len(self.layers) == 1:
-            with mounts.mounted(os.fspath(self.layers[0]), target, bind=True, options=("ro",)):
+    def view(self, target: Path, without: Collection[Path] = ()) -> Iterator[Path]:
+        """The merged tree (less the layers ``without``), read-only, at ``target``."""
+        layers = [p for p in self.layers if p not in without]
+        if len(layers) == 1:
+            with mounts.mounted(os.fspath(layers[0]), target, bind=True, options=("ro",)):
                 yield target
             return
-        names = ":".join(p.name for p in reversed(self.layers))
+        names = ":".join(p.name for p in reversed(layers))
         with mounts.mount_overlay([f"lowerdir={names}"], target, self.layers_dir):
             yield target

@@ -23,6 +23,13 @@ def test_parse_sorts_and_normalises_paths():
     assert d.reads == ("/boot", "/etc/a") and d.writes == ("/tmp",)
 
 
+def test_beside_and_room_are_optional():
+    (plain,) = _parse("install.d/10-x:\n  reads: [/boot]\n")
+    assert not plain.beside and plain.room_mib is None
+    (d,) = _parse("install.d/10-x:\n  reads: [/boot]\n  beside: true\n  room-mib: 96\n")
+    assert d.beside and d.room_mib == 96
+
+
 def test_an_empty_file_declares_nothing():
     assert _parse("# nothing yet\n") == ()
 
@@ -38,6 +45,10 @@ def test_an_empty_file_declares_nothing():
     ("install.d/10-x:\n  reads: [/boot]\n  write: [/tmp]\n", "install.d/10-x"),
     ("- install.d/10-x\n", "mapping"),
     ("install.d/10-x: [\n", "not valid YAML"),
+    ("install.d/10-x:\n  reads: [/boot]\n  beside: yes please\n", "beside"),
+    ("install.d/10-x:\n  reads: [/boot]\n  room-mib: -1\n", "room-mib"),
+    ("install.d/10-x:\n  reads: [/boot]\n  room-mib: 1.5\n", "room-mib"),
+    ("install.d/10-x:\n  reads: [/boot]\n  room-mib: true\n", "room-mib"),
 ])
 def test_bad_declarations_name_the_file_and_key(text, culprit):
     with pytest.raises(ConfigError) as exc:
@@ -121,3 +132,19 @@ def test_undeclared_lists_changes_outside_the_declaration(tmp_path):
 def test_undeclared_does_not_take_a_prefix_for_a_parent(tmp_path):
     upper = _upper(tmp_path, ["boot2/x", "bootloader"])
     assert content_keys.undeclared(upper, ("boot",)) == ["/boot2/x", "/bootloader"]
+
+
+def test_touching_finds_changes_at_below_and_above_the_paths(tmp_path):
+    upper = tmp_path / "upper"
+    (upper / "var/t-out").mkdir(parents=True)
+    (upper / "var/t-out/copy").write_text("x")   # below a declared path
+    (upper / "opt").mkdir()
+    (upper / "opt/app").write_text("x")          # unrelated
+    (upper / "etc").mkdir()
+    (upper / "etc/t-conf").write_text("x")       # a declared path itself
+    (upper / "usr").write_text("x")              # above a declared path (/usr/lib/modules)
+    paths = ("var/t-out", "etc/t-conf", "usr/lib/modules")
+    assert content_keys.touching(upper, paths) == ["/etc/t-conf", "/usr", "/var/t-out/copy"]
+    # parent directories copied up on the way to an unrelated change are no change
+    assert content_keys.touching(upper, ("var/other", "opt/app/x")) == ["/opt/app"]
+    assert content_keys.touching(upper, ("srv",)) == []

@@ -30,7 +30,7 @@ LAYERS: Tuple[Tuple[str, Tuple[str, ...]], ...] = (
     ("entry points", ("__main__", "cli")),
     ("front ends", ("dryrun", "farm", "farmtask", "farmworker", "recipe")),
     ("the build", ("build",)),
-    ("stages", ("disk", "steps")),
+    ("stages", ("beside", "disk", "steps")),
     ("context", ("context",)),
     ("engine", ("blockdev", "blockdev.*", "bootstrap", "boottest",
                 "chroot", "content_keys", "dibcompat", "farmlock", "hooks", "interrupt", "layers",
