@@ -22,11 +22,12 @@ The declaration is checked, not trusted: a step that changes anything outside ``
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Dict, Iterable, List, Mapping, Optional, Tuple
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, Optional, Tuple
 
 import yaml
 
@@ -191,15 +192,11 @@ def is_opaque(path: str) -> bool:
     return False
 
 
-def undeclared(upper: Path, allowed: Iterable[str]) -> List[str]:
-    """Paths a step's upper directory changed outside ``allowed`` (first ten, sorted).
-
-    Every non-directory in the upper directory (a new or changed file, a symlink, a whiteout)
-    is a change; so is an opaque or redirected directory. Other directories are only the
-    parents overlayfs copied up on the way to a change.
-    """
-    allowed = tuple(allowed)
-    bad: List[str] = []
+def _changes(upper: Path, skip: Callable[[str], bool]) -> Iterator[str]:
+    """What a step's upper directory changed, as paths relative to the tree: every
+    non-directory (a new or changed file, a symlink, a whiteout) and every opaque or
+    redirected directory; other directories are only the parents overlayfs copied up on the
+    way to a change. Directories for which ``skip`` holds are not looked into."""
     for dirpath, dirnames, filenames in os.walk(upper):
         rel_dir = os.path.relpath(dirpath, upper)
         rel_dir = "" if rel_dir == "." else rel_dir
@@ -207,16 +204,23 @@ def undeclared(upper: Path, allowed: Iterable[str]) -> List[str]:
             rel = os.path.join(rel_dir, d)
             full = os.path.join(dirpath, d)
             if os.path.islink(full) or is_opaque(full):
-                if not _under(rel, allowed):
-                    bad.append("/" + rel)
+                yield rel
                 dirnames.remove(d)
-            elif _under(rel, allowed):
-                dirnames.remove(d)  # all of it is allowed
-        bad.extend("/" + os.path.join(rel_dir, f) for f in filenames
-                   if not _under(os.path.join(rel_dir, f), allowed))
-        if len(bad) >= 10:
-            break
-    return sorted(bad)[:10]
+            elif skip(rel):
+                dirnames.remove(d)
+        yield from (os.path.join(rel_dir, f) for f in filenames)
+
+
+def _first_ten(found: Iterable[str]) -> List[str]:
+    return sorted("/" + rel for rel in itertools.islice(found, 10))
+
+
+def undeclared(upper: Path, allowed: Iterable[str]) -> List[str]:
+    """Paths a step's upper directory changed (:func:`_changes`) outside ``allowed`` (first
+    ten, sorted)."""
+    allowed = tuple(allowed)
+    return _first_ten(rel for rel in _changes(upper, lambda rel: _under(rel, allowed))
+                      if not _under(rel, allowed))
 
 
 def _related(rel: str, paths: Iterable[str]) -> bool:
@@ -226,23 +230,8 @@ def _related(rel: str, paths: Iterable[str]) -> bool:
 
 
 def touching(upper: Path, paths: Iterable[str]) -> List[str]:
-    """Changes (as :func:`undeclared` counts them) in a step's upper directory at, below or
-    above one of ``paths`` (first ten, sorted): what another step's result would collide
-    with."""
+    """Changes (:func:`_changes`) in a step's upper directory at, below or above one of
+    ``paths`` (first ten, sorted): what another step's result would collide with."""
     paths = tuple(paths)
-    hits: List[str] = []
-    for dirpath, dirnames, filenames in os.walk(upper):
-        rel_dir = os.path.relpath(dirpath, upper)
-        rel_dir = "" if rel_dir == "." else rel_dir
-        for d in list(dirnames):
-            rel = os.path.join(rel_dir, d)
-            if not _related(rel, paths):
-                dirnames.remove(d)
-            elif os.path.islink(os.path.join(dirpath, d)) or is_opaque(os.path.join(dirpath, d)):
-                hits.append("/" + rel)
-                dirnames.remove(d)
-        hits.extend("/" + os.path.join(rel_dir, f) for f in filenames
-                    if _related(os.path.join(rel_dir, f), paths))
-        if len(hits) >= 10:
-            break
-    return sorted(hits)[:10]
+    return _first_ten(rel for rel in _changes(upper, lambda rel: not _related(rel, paths))
+                      if _related(rel, paths))
