@@ -230,7 +230,7 @@ class Beside:
         layer = self._finish(br)
         with self.b.timings.measure("phase", "(steps beside onto the disk)"):
             lay_onto(layer, root, self.b.wd.base)
-        used = int(cmd.output(["du", "-sx", "--block-size=1", layer]).split()[0])
+        used = layers.disk_usage(layer)
         if br.decl.room_mib is not None and used > br.decl.room_mib << 20:
             log.warning("%s (element %s) added %d MiB, more than its room-mib: %d; the disk's "
                         "margin took the rest (raise room-mib in %s)", br.step_id,

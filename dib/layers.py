@@ -216,12 +216,13 @@ class LayerStore:
                 shutil.rmtree(upper, ignore_errors=True)
             else:
                 os.rename(upper, final)
-            self._index.record_dir(key, final, dict(inputs), size=_du(final))
+            self._index.record_dir(key, final, dict(inputs), size=disk_usage(final))
             self._index.set_note(f"last:{step_id}", dict(inputs))
         return final
 
 
-def _du(path: Path) -> int:
+def disk_usage(path: Path) -> int:
+    """Bytes the files below ``path`` take on disk (their allocated blocks)."""
     total = 0
     for dirpath, _, filenames in os.walk(path):
         for f in filenames:
