@@ -96,6 +96,10 @@ def test_bios_root_filesystem_label_and_fstab(bios_image, tmp_path):
         grub = subprocess.run(["debugfs", "-R", "cat /boot/grub/grub.cfg", part],
                               capture_output=True, text=True, check=True).stdout
         assert "root=LABEL=cloudimg-rootfs" in grub and "console=ttyS0,115200" in grub
+        # a disk that boots by BIOS alone has GRUB's BIOS modules and not its EFI ones
+        grub_dirs = subprocess.run(["debugfs", "-R", "ls /usr/lib/grub", part],
+                                   capture_output=True, text=True, check=True).stdout.split()
+        assert "i386-pc" in grub_dirs and "x86_64-efi" not in grub_dirs, grub_dirs
     finally:
         subprocess.run(["losetup", "-d", loop])
 
