@@ -3,8 +3,9 @@ and convert the raw disk into every requested format.
 
 After post-root.d the merged tree is measured and copied into the filesystems the block-device
 layer made (:mod:`dib.blockdev`); block-device.d, pre-finalise.d, finalise.d (the bootloader)
-and cleanup.d run on them; the disk stack then unmounts (writing the ESP) and detaches, and
-the caller writes every disk output from the one raw file (:mod:`dib.outputs`).
+and cleanup.d run on them; the disk stack then unmounts (writing the ESP) and detaches, the
+ext journals' stale blocks are punched out (:mod:`dib.blockdev.journal`), and the caller
+writes every disk output from the one raw file (:mod:`dib.outputs`).
 """
 from __future__ import annotations
 
@@ -12,11 +13,11 @@ import contextlib
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Mapping, Optional, Tuple
+from typing import Callable, Dict, List, Mapping, Optional, Tuple
 
 from dib import blockdev, cmd, dibcompat, mounts, reproducible, resolver
 from dib.beside import Beside
-from dib.blockdev import mkfs
+from dib.blockdev import journal, mkfs
 from dib.blockdev.node import derive_uuid
 from dib.blockdev.partition import PartitioningSpec
 from dib.config import BuildConfig
@@ -250,7 +251,22 @@ def build_disk(b: BuildContext, tree: LayeredTree, config_text: str, tree_key: s
         if epoch is not None:
             with b.timings.measure("phase", "(reproducible root)"):
                 remade = _remake_root(b, config, state, params, epoch)
+        journals = _journal_offsets(config, state)
     # the disk stack has unmounted, written the ESP and detached: the raw file is complete
     if remade is not None:
         _write_at(remade[0], raw, remade[1])
+    with b.timings.measure("phase", "(journal)"):
+        punched = sum(journal.punch_stale_journal(raw, offset) for offset in journals)
+    if punched:
+        log.info("disk: %d MiB of stale journal blocks punched out", punched >> 20)
     return DiskResult(raw, has_esp(config), env)
+
+
+def _journal_offsets(config: "blockdev.Config", state: "blockdev.State") -> List[int]:
+    """Where in the raw disk file each ext3/ext4 filesystem starts (for
+    :func:`dib.blockdev.journal.punch_stale_journal`); none when the config has more than
+    one disk file."""
+    if len(config.loops) != 1:
+        return []
+    return [_extent(state.image_block_devices[spec.name])[0] for spec in config.ordered()
+            if isinstance(spec, mkfs.MkfsSpec) and spec.type in ("ext3", "ext4")]

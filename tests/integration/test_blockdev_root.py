@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import time
@@ -349,3 +350,46 @@ def test_busy_mount_is_detached_lazily_and_reported(sandbox: Path) -> None:
             break
         time.sleep(0.1)
     assert_nothing_left(sandbox)
+
+
+# -- the journal's stale blocks ------------------------------------------------------------------
+
+def test_stale_journal_blocks_are_punched_and_the_filesystem_stays_whole(sandbox: Path) -> None:
+    from dib.blockdev import journal
+
+    params = params_for(sandbox, image_size=96 * MiB)
+    cfg = load_config(MBR, params)
+    with contextlib.ExitStack() as stack:
+        state = BlockDevice(cfg, params).create(stack)
+        root = state.mount_dir("/")
+        for i in range(3000):  # enough metadata to cycle through the journal
+            (root / f"d{i % 30}").mkdir(exist_ok=True)
+            (root / f"d{i % 30}" / f"f{i}").write_text(f"file {i}\n")
+        subprocess.run(["sync", "-f", str(root)], check=True)
+    image = state.image_files["image0"]
+    start = table(image)["partitions"][0]["start"]
+    offset = start * 512
+    fields = journal.superblock_fields(subprocess.run(
+        ["dumpe2fs", "-h", f"{image}?offset={offset}"], capture_output=True, text=True,
+        check=True, env=cmd.base_env()).stdout)
+    block = int(fields["Block size"])
+    [(lstart, pstart, count)] = journal.journal_extents(debugfs(image, start, "stat <8>"))
+    assert lstart == 0 and count > 1
+
+    def journal_bytes() -> bytes:
+        with open(image, "rb") as f:
+            f.seek(offset + pstart * block)
+            return f.read(count * block)
+
+    before = journal_bytes()
+    assert before[block:].strip(b"\0"), "the copy left nothing in the journal: nothing tested"
+    punched = journal.punch_stale_journal(image, offset)
+    after = journal_bytes()
+    assert punched == (count - 1) * block
+    assert after[:block] == before[:block]           # the journal superblock stays
+    assert not after[block:].strip(b"\0")            # the rest reads as zeros ...
+    fsck = subprocess.run(["e2fsck", "-fn", f"{image}?offset={offset}"], capture_output=True,
+                          text=True, env=cmd.base_env())
+    assert fsck.returncode == 0, fsck.stdout + fsck.stderr   # ... and the filesystem is whole
+    assert debugfs(image, start, "cat /d7/f2977") == "file 2977\n"
+    assert os.stat(image).st_size == 96 * MiB        # holes, not a shorter file
