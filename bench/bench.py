@@ -424,6 +424,10 @@ def snapshot_project(dest: Path) -> Path:
     for name in ("setup.cfg", "pyproject.toml"):
         if (REPO / name).exists():
             shutil.copy2(REPO / name, dest / name)
+    # the checkout's venv (bin/dib-host-setup), where dib's dependencies are: bin/ runs the
+    # copy in it (bin/_checkout.py), as it runs the checkout; the system python3 has none
+    if (REPO / ".venv").is_dir():
+        (dest / ".venv").symlink_to(REPO / ".venv")
     return dest / "bin" / OUR_CLI.name
 
 
