@@ -182,6 +182,36 @@ class LayerStore:
         if self._index is not None:
             self._index.set_note(f"hooks:{key}", dict(delta))
 
+    def stack_stamp(self, stack: Sequence[Path]) -> Optional[List[List[Any]]]:
+        """What identifies the contents of a stack of cached layers for :meth:`note_for`:
+        each layer's key with its directory's inode and change time (a layer is never
+        written once committed; one pruned and built again is a new directory). None when
+        the cache is off or a layer is not a committed one."""
+        if self._index is None:
+            return None
+        stamp: List[List[Any]] = []
+        for layer in stack:
+            if layer.parent != self.dir or layer.name.startswith("tmp-"):
+                return None
+            try:
+                st = os.stat(layer)
+            except OSError:
+                return None
+            stamp.append([layer.name, st.st_ino, st.st_ctime_ns])
+        return stamp
+
+    def note_for(self, name: str, stamp: Optional[List[List[Any]]]) -> Optional[Any]:
+        """The value :meth:`set_note_for` kept under ``name`` for the same ``stamp``."""
+        if self._index is None or stamp is None:
+            return None
+        kept = self._index.note(name)
+        return kept["value"] if kept and kept.get("stamp") == stamp else None
+
+    def set_note_for(self, name: str, stamp: Optional[List[List[Any]]], value: Any) -> None:
+        """Keep ``value`` under ``name`` (one per name: the last stack's) for ``stamp``."""
+        if self._index is not None and stamp is not None:
+            self._index.set_note(name, {"stamp": stamp, "value": value})
+
     def add_scratch(self, path: Path) -> None:
         """Remove ``path`` with this build's other scratch directories (:meth:`close`)."""
         self._uncommitted.append(path)

@@ -308,12 +308,29 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase
                            beside=beside)
 
 
+def _read(b: BuildContext, tree: LayeredTree, decl: content_keys.Declaration
+          ) -> content_keys.Reading:
+    """What ``decl`` reads in the tree so far. Hashing it (the kernel's modules: hundreds of
+    MiB) is most of a no-op build's time, so the reading is kept in the layer cache with
+    the stack of layers it was made from and reused while that stack is the same."""
+    stamp = b.store.stack_stamp(tree.layers)
+    name = f"reading:{decl.step}:" + layers.step_key({"reads": list(decl.reads),
+                                                      "writes": list(decl.writes)})
+    kept = b.store.note_for(name, stamp)
+    if kept is not None:
+        return content_keys.Reading(dict(kept["inputs"]), tuple(kept["allowed"]))
+    with tree.view(b.wd.built) as root:
+        reading = content_keys.read(root, decl)
+    b.store.set_note_for(name, stamp, {"inputs": reading.inputs,
+                                       "allowed": list(reading.allowed)})
+    return reading
+
+
 def _content_step(b: BuildContext, tree: LayeredTree, chain: Chain,
                   decl: content_keys.Declaration, inputs: Mapping[str, Any],
                   body: Callable[[Path], None], host: bool, beside: Beside) -> str:
     """A step of layer-inputs.yaml: keyed by what it reads (see :mod:`dib.content_keys`)."""
-    with tree.view(b.wd.built) as root:
-        reading = content_keys.read(root, decl)
+    reading = _read(b, tree, decl)
     own = {k: v for k, v in inputs.items() if k != "prev"}
     key = _step(b, tree, decl.step, {**own, **reading.inputs}, body, host=host,
                 declared=(decl, reading, inputs), beside=beside)
@@ -327,8 +344,7 @@ def _beside_step(b: BuildContext, tree: LayeredTree, chain: Chain, beside: Besid
     """A declared step in the chroot: its layer from the cache, or it starts in a branch
     beside the steps after it (:mod:`dib.beside`). Keyed as :func:`_content_step` keys it
     (by the chain's inputs without the layer cache)."""
-    with tree.view(b.wd.built) as root:
-        reading = content_keys.read(root, decl)
+    reading = _read(b, tree, decl)
     if not b.store.enabled:
         beside.start(decl.step, decl, reading, layers.step_key(inputs), inputs, inputs, (),
                      _runs(script, first, last))

@@ -9,6 +9,7 @@ changes, not the assertions.
 from __future__ import annotations
 
 import contextlib
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Iterator, List
@@ -155,3 +156,43 @@ def test_the_base_layer_follows_its_own_elements_data(tmp_path: Path) -> None:
                                                  "package-installs.yaml": "wget:\n"})]
     b = SimpleNamespace(res=SimpleNamespace(ordered=lambda: elements))
     assert steps.base_elements(b, {"os"}) != one  # type: ignore[arg-type]
+
+
+# -- what a declared step reads, remembered with its stack --------------------------------------
+
+def test_a_declared_reading_is_made_once_per_stack_of_layers(build: SimpleNamespace,
+                                                               tmp_path: Path,
+                                                               monkeypatch) -> None:
+    from dib import content_keys
+
+    made: List[Path] = []
+
+    def read(root: Path, decl: content_keys.Declaration) -> content_keys.Reading:
+        made.append(root)
+        return content_keys.Reading({"read:/boot": f"digest-{len(made)}"}, ("boot",))
+
+    monkeypatch.setattr(content_keys, "read", read)
+    build.wd.built = tmp_path / "built"
+    decl = content_keys.Declaration("dpkg", "post-install.d/98-x", ("/boot",), ("/tmp",))
+    key = steps._step(build, new_tree(build, tmp_path), "root.d",
+                      {"prev": "root", "step": "root.d"}, Body(), base=True)
+    tree = new_tree(build, tmp_path)
+    tree.add_layer(build.store.dir / key)
+    first = steps._read(build, tree, decl)
+    assert steps._read(build, tree, decl) == first and len(made) == 1
+    # another declaration of the same step (an edited layer-inputs.yaml) is read afresh
+    steps._read(build, tree, content_keys.Declaration("dpkg", "post-install.d/98-x",
+                                                       ("/boot", "/etc"), ("/tmp",)))
+    assert len(made) == 2
+    # the same key built again (pruned, then rebuilt) is a new directory: read again
+    layer = build.store.dir / key
+    shutil.rmtree(layer)
+    layer.mkdir()
+    again = steps._read(build, tree, decl)
+    assert len(made) == 3 and again.inputs == {"read:/boot": "digest-3"}
+    # a stack with a layer that is not a committed one is never remembered
+    with build.store.new_upper("post-install.d/97-y") as upper:
+        tree.add_layer(upper)
+        steps._read(build, tree, decl)
+        steps._read(build, tree, decl)
+    assert len(made) == 5
