@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Tuple
 
 from dib import cmd
+from dib.errors import CommandFailed
 
 log = logging.getLogger("dib.blockdev.journal")
 
@@ -75,10 +76,15 @@ def stale_ranges(fields: Mapping[str, str], extents: List[Tuple[int, int, int]]
 def punch_stale_journal(image: Path, offset: int) -> int:
     """Punch the stale journal blocks of the ext3/ext4 filesystem at byte ``offset`` of
     ``image`` (see the module's docstring); the bytes punched (0 when the journal is not
-    known to be empty, which is logged)."""
+    known to be empty or cannot be read, which is logged)."""
     source = f"{image}?offset={offset}"
-    fields = superblock_fields(cmd.output(["dumpe2fs", "-h", source]))
-    extents = journal_extents(cmd.output(["debugfs", "-c", "-R", "stat <8>", source]))
+    try:
+        fields = superblock_fields(cmd.output(["dumpe2fs", "-h", source]))
+        extents = journal_extents(cmd.output(["debugfs", "-c", "-R", "stat <8>", source]))
+    except CommandFailed as exc:  # only a few MiB of qcow2 are at stake: say so and go on
+        log.warning("journal of the filesystem at %d of %s not read, left as it is: %s",
+                    offset, image.name, exc)
+        return 0
     ranges = stale_ranges(fields, extents)
     if ranges is None:
         log.info("journal of the filesystem at %d of %s left as it is (not known to be "

@@ -37,3 +37,16 @@ def test_a_journal_not_known_to_be_empty_is_left_alone() -> None:
                    {"Filesystem features": CLEAN["Filesystem features"] + " needs_recovery"},
                    {"Filesystem features": "ext_attr extent"}):
         assert journal.stale_ranges({**CLEAN, **change}, extents) is None, change
+
+
+def test_a_journal_that_cannot_be_read_is_left_alone(tmp_path) -> None:
+    from dib import cmd
+
+    def runner(argv, **kwargs):
+        calls.append(argv)
+        return cmd.Result(tuple(argv), 1, "", "dumpe2fs: Bad magic number in super-block")
+
+    calls: list = []
+    with cmd.use_runner(runner):
+        assert journal.punch_stale_journal(tmp_path / "disk.raw", 1 << 20) == 0
+    assert [argv[0] for argv in calls] == ["dumpe2fs"]  # nothing punched
