@@ -383,6 +383,7 @@ def test_stale_journal_blocks_are_punched_and_the_filesystem_stays_whole(sandbox
 
     before = journal_bytes()
     assert before[block:].strip(b"\0"), "the copy left nothing in the journal: nothing tested"
+    allocated = os.stat(image).st_blocks * 512
     punched = journal.punch_stale_journal(image, offset)
     after = journal_bytes()
     assert punched == (count - 1) * block
@@ -392,4 +393,5 @@ def test_stale_journal_blocks_are_punched_and_the_filesystem_stays_whole(sandbox
                           text=True, env=cmd.base_env())
     assert fsck.returncode == 0, fsck.stdout + fsck.stderr   # ... and the filesystem is whole
     assert debugfs(image, start, "cat /d7/f2977") == "file 2977\n"
-    assert os.stat(image).st_size == 96 * MiB        # holes, not a shorter file
+    assert os.stat(image).st_size == 96 * MiB        # holes, not a shorter file ...
+    assert os.stat(image).st_blocks * 512 < allocated  # ... and not zeros written over them
