@@ -66,6 +66,18 @@ BOOTS = {"boot": ("cold", ["cold"]),
 #: network, as a VM has; the accelerator is --boot-accel (TCG by default: KVM may not work)
 BOOT_QEMU_ARGS = ["-nic", "user,model=virtio-net-pci"]
 BOOT_TIMEOUT = 900.0
+#: milestones on the serial console, in boot order, timed by the host's clock (the boot's
+#: profile; a milestone that does not show leaves its spans out): name, regex
+BOOT_MARKS = [("bootloader", r"Loading Linux"), ("kernel", r"\] Linux version "),
+              ("initramfs", r"\] Run /init as init process"), ("root", r"Welcome to ")]
+#: the spans between them: (label, from milestone, to milestone); "start" is QEMU's start
+#: and "login" the login prompt
+BOOT_SPANS = [("firmware, GRUB", "start", "bootloader"),
+              ("kernel and initrd loaded, kernel unpacked", "bootloader", "kernel"),
+              ("kernel (initramfs unpacked)", "kernel", "initramfs"),
+              ("initramfs", "initramfs", "root"),
+              ("root's systemd to login", "root", "login"),
+              ("all: QEMU's start to the login prompt", "start", "login")]
 TOOLS = ["dib", "dib-project"]
 TOOL_TITLE = {"dib": "diskimage-builder", "dib-project": "this project"}
 
@@ -619,13 +631,17 @@ def boot_to_login(tool: Tool, name: str, rnd: int, qcow2: Path, dirs: Dict[str, 
     error = None
     try:
         res = boottest.boot(qcow2, workdir, accel=accel, accel_source="--boot-accel",
-                            timeout=BOOT_TIMEOUT, extra_args=BOOT_QEMU_ARGS)
+                            timeout=BOOT_TIMEOUT, extra_args=BOOT_QEMU_ARGS,
+                            marks=[pat for _, pat in BOOT_MARKS])
         login = res.seen.get(boottest.DEFAULT_EXPECT[0])
+        marks = {mark: res.seen[pat] for mark, pat in BOOT_MARKS if pat in res.seen}
+        if login is not None:
+            marks["login"] = login
         if not res.passed or login is None:
             error = f"no login prompt: {res.failure}"
         serial = str(res.serial_log)
     except (DibError, OSError) as exc:
-        login, serial, error = None, "", f"boot failed: {exc}"
+        login, serial, error, marks = None, "", f"boot failed: {exc}", {}
     wall = time.monotonic() - t0
     busy = cpu_busy_seconds() - b0
     build_s = build_row["wall_s"] if build_row else 0.0
@@ -639,6 +655,7 @@ def boot_to_login(tool: Tool, name: str, rnd: int, qcow2: Path, dirs: Dict[str, 
            "loadavg_before": [round(x, 2) for x in load],
            "busy_before": None if busy_before is None else round(busy_before, 3),
            "qcow2_bytes": None, "qcow2": str(qcow2), "log": serial,
+           "boot_marks": marks, "boot_spans": boot_spans(marks),
            "command": ["qemu-system-x86_64", "-accel", accel, *BOOT_QEMU_ARGS, str(qcow2)]}
     if error:
         row["error"] = error
@@ -649,6 +666,14 @@ def boot_to_login(tool: Tool, name: str, rnd: int, qcow2: Path, dirs: Dict[str, 
         say(f"{TOOL_TITLE[tool.key]}: {name}: login prompt after {login:.1f} s"
             + (f" (+ {build_s:.1f} s build = {row['wall_s']:.1f} s)" if build_row else ""))
     return row
+
+
+def boot_spans(marks: Dict[str, float]) -> Dict[str, Optional[float]]:
+    """Seconds of each BOOT_SPANS span from the milestones' times (seconds since QEMU
+    started); None for a span whose either end did not show."""
+    at = {"start": 0.0, **marks}
+    return {label: (round(at[end] - at[begin], 1) if begin in at and end in at else None)
+            for label, begin, end in BOOT_SPANS}
 
 
 def read_from_image(qcow2: Path, relpath: str, scratch: Path) -> str:
@@ -749,6 +774,30 @@ def goal_text(stage: str, ratio: Optional[float], ours: Optional[float]) -> Tupl
         return f"≤ {limit:.2f}×", met
     met = "-" if ours is None else ("yes" if ours <= limit else "no")
     return f"ours ≤ {limit:.0f} s", met
+
+
+def render_boot_spans(rows: List[Dict]) -> List[str]:
+    """The boot stages' profile: per stage, the median seconds of each BOOT_SPANS span
+    for each tool (lines of markdown; none without a boot row that has spans)."""
+    L: List[str] = []
+    for stage in BOOT_STAGES:
+        booted = [r for r in rows if r["stage"] == stage and r.get("boot_spans")]
+        if not booted:
+            continue
+        if not L:
+            L += ["", "## Where the boot time went (serial console)", "",
+                  "Seconds between milestones on the serial console, by the host's clock "
+                  "(the console is read every 0.25 s), medians over the rounds: GRUB's "
+                  "`Loading Linux`, the kernel's first line (printed once it has been "
+                  "unpacked and its console is up), `Run /init`, systemd's `Welcome to` "
+                  "on the root filesystem, the login prompt."]
+        L += ["", f"**{stage}**", "", "| span | diskimage-builder s | this project s |",
+              "|---|---:|---:|"]
+        for label, _, _ in BOOT_SPANS:
+            cells = [fmt(median([r["boot_spans"][label] for r in booted if r["tool"] == tool]))
+                     for tool in TOOLS]
+            L.append(f"| {label} | {' | '.join(cells)} |")
+    return L
 
 
 def render(meta: Dict, rows: List[Dict], summary: List[Dict]) -> str:
@@ -854,6 +903,7 @@ def render(meta: Dict, rows: List[Dict], summary: List[Dict]) -> str:
                                 for s in rep["slowest_uncached"] if s["seconds"] is not None)
                 why = ", ".join(rep.get("uncached_because") or []) or "-"
                 L.append(f"  slowest steps run: {ran}; inputs that changed: {why}")
+    L.extend(render_boot_spans(rows))
     failed = [r for r in rows if not r["ok"]]
     if failed:
         L.append("")

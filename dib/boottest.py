@@ -45,6 +45,8 @@ DEFAULT_STALL_SECONDS = 45.0
 #: the kernel's first line); only used to word the stall message.
 HANDOVER = (r"Loading initial ramdisk", r"Loading Linux", r"Booting `", r"Linux version")
 KVM_DEVICE = "/dev/kvm"
+#: How often the console is read: the resolution of the times in :attr:`BootResult.seen`.
+POLL_SECONDS = 0.25
 #: How long QEMU must stay up under KVM in the probe.
 PROBE_SECONDS = 2.0
 
@@ -120,10 +122,12 @@ class _Attempt:
 
 def _watch(argv: Sequence[str], serial: Path, qemu_out: Path, expect: Sequence[str],
            timeout: float, stall_seconds: Optional[float],
-           interact: Optional[Callable[[], None]] = None) -> _Attempt:
+           interact: Optional[Callable[[], None]] = None,
+           marks: Sequence[str] = ()) -> _Attempt:
     """Run QEMU until every ``expect`` pattern is seen, a failure shows, QEMU exits, the
     timeout passes or (when ``stall_seconds`` is set) the console goes silent that long
-    after its first output. QEMU is killed on every way out."""
+    after its first output. ``marks`` are timed when they show, not waited for. QEMU is
+    killed on every way out."""
     seen: Dict[str, float] = {}
     start = time.monotonic()
     size, changed = 0, start
@@ -134,11 +138,11 @@ def _watch(argv: Sequence[str], serial: Path, qemu_out: Path, expect: Sequence[s
             text = serial.read_text(errors="replace") if serial.exists() else ""
             if len(text) != size:
                 size, changed = len(text), now
-            for pat in expect:
+            for pat in (*expect, *marks):
                 if pat not in seen and re.search(pat, text):
                     seen[pat] = round(elapsed, 1)
                     log.info("boot test: %r after %.1f s", pat, elapsed)
-            if len(seen) == len(expect):
+            if all(pat in seen for pat in expect):
                 if interact is not None:
                     interact()
                 return _Attempt(seen, None)
@@ -161,7 +165,7 @@ def _watch(argv: Sequence[str], serial: Path, qemu_out: Path, expect: Sequence[s
                                 else "KVM stalled")
             if elapsed > timeout:
                 return _Attempt(seen, f"timed out after {timeout:.0f} s")
-            time.sleep(0.5)
+            time.sleep(POLL_SECONDS)
 
 
 def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool = False,
@@ -169,9 +173,12 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
          memory_mib: int = 1024, accel: Optional[str] = None, accel_source: str = "accel",
          stall_seconds: float = DEFAULT_STALL_SECONDS,
          kvm_device: str = KVM_DEVICE, extra_args: Sequence[str] = (),
-         interact: Optional[Callable[[Path], None]] = None) -> BootResult:
+         interact: Optional[Callable[[Path], None]] = None,
+         marks: Sequence[str] = ()) -> BootResult:
     """Boot ``image`` and wait until every regex in ``expect`` has appeared on the serial
     console (in any order), a failure pattern appears, QEMU exits, or ``timeout`` passes.
+    The result's ``seen`` also times each regex in ``marks`` that showed by then (they are
+    not waited for: milestones of the boot, for a profile).
 
     ``accel`` forces "kvm" or "tcg" (``accel_source`` names where that came from, for the
     reason, e.g. "DIB_BOOT_TEST_ACCEL"); None chooses (see the module docstring). When an
@@ -227,7 +234,8 @@ def boot(image: Path, workdir: Path, *, image_format: str = "qcow2", uefi: bool 
         try:
             attempt = _watch(argv, serial, workdir / "qemu.out", expect, timeout,
                              stall_seconds if watch_stall else None,
-                             None if interact is None else lambda: interact(socket))
+                             None if interact is None else lambda: interact(socket),
+                             marks)
         finally:
             overlay.unlink(missing_ok=True)
         if attempt.stall is None:

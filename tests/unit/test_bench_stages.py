@@ -62,3 +62,37 @@ def test_boot_rows_are_ratios_with_goals(bench: ModuleType) -> None:
     text = bench.render(meta, rows, bench.summarize(rows))
     boot_line = next(ln for ln in text.splitlines() if ln.startswith("| boot |"))
     assert "0.500×" in boot_line and "yes" in boot_line  # goal 0.7
+
+
+def test_the_boot_profile_is_spans_between_console_milestones(bench: ModuleType) -> None:
+    marks = {"bootloader": 3.5, "kernel": 9.0, "initramfs": 13.5, "root": 19.0, "login": 36.0}
+    spans = bench.boot_spans(marks)
+    assert spans["firmware, GRUB"] == 3.5
+    assert spans["kernel and initrd loaded, kernel unpacked"] == 5.5
+    assert spans["initramfs"] == 5.5
+    assert spans["root's systemd to login"] == 17.0
+    assert spans["all: QEMU's start to the login prompt"] == 36.0
+    # a milestone that did not show (a GRUB that prints nothing) leaves its spans out
+    no_grub = bench.boot_spans({k: v for k, v in marks.items() if k != "bootloader"})
+    assert no_grub["firmware, GRUB"] is None
+    assert no_grub["kernel and initrd loaded, kernel unpacked"] is None
+    assert no_grub["kernel (initramfs unpacked)"] == 4.5
+
+
+def test_the_boot_profile_table_has_each_tools_medians(bench: ModuleType) -> None:
+    def booted(tool: str, rnd: int, login: float) -> dict:
+        r = row(tool, "boot", login)
+        marks = {"bootloader": 2.0, "kernel": 8.0, "initramfs": 12.0, "root": 18.0,
+                 "login": login}
+        r.update(round=rnd, boot_marks=marks, boot_spans=bench.boot_spans(marks))
+        return r
+    rows = [booted("dib", 1, 40.0), booted("dib", 2, 44.0), booted("dib", 3, 60.0),
+            booted("dib-project", 1, 30.0), booted("dib-project", 2, 34.0),
+            booted("dib-project", 3, 32.0)]
+    lines = bench.render_boot_spans(rows)
+    table = {ln.split(" | ")[0].lstrip("| "): ln.rstrip(" |").split(" | ")[1:]
+             for ln in lines if ln.startswith("| ") and not ln.startswith("| span")}
+    assert table["root's systemd to login"] == ["26.0", "14.0"]   # 44-18, 32-18
+    assert table["all: QEMU's start to the login prompt"] == ["44.0", "32.0"]
+    assert table["firmware, GRUB"] == ["2.0", "2.0"]
+    assert bench.render_boot_spans([row("dib", "boot", 40.0)]) == []   # no profile, no table

@@ -162,6 +162,18 @@ def test_forced_tcg_never_tries_kvm(fake_qemu):
     assert fake.probes() == 0
 
 
+def test_marks_are_timed_in_order_and_one_that_never_shows_is_not_waited_for(fake_qemu):
+    fake = fake_qemu("kvm-stall")
+    marks = (r"\] Linux version", r"Run /init", r"Welcome to ")   # the last never shows
+    result = _boot(fake, accel="tcg", marks=marks)
+    assert result.passed, result.failure
+    linux, init, login = (result.seen[p] for p in (marks[0], marks[1], "login: "))
+    assert linux <= init <= login
+    assert marks[2] not in result.seen
+    assert result.seconds < 30          # not held until the 60 s timeout by the missing mark
+    assert fake.alive() == []
+
+
 def test_forced_kvm_is_not_second_guessed(fake_qemu):
     """Forcing KVM means the caller wants to see KVM's own outcome: no fallback."""
     fake = fake_qemu("kvm-stall")
