@@ -119,8 +119,15 @@ def resolve(root: Path, path: str) -> str:
     """``path`` with every symlink on the way followed as the image would (an absolute target
     starts again at ``root``); the result is relative to ``root``. The last component is
     followed too, so ``/lib/modules`` on a merged-/usr tree is ``usr/lib/modules``."""
+    return trail(root, path)[0]
+
+
+def trail(root: Path, path: str) -> Tuple[str, Tuple[str, ...]]:
+    """:func:`resolve`'s result, with every path (relative to ``root``) it looked at on the
+    way: each directory it went through, each symlink it followed, and the result."""
     parts = list(PurePosixPath(path).parts[1:])
     done: List[str] = []
+    looked: List[str] = []
     hops = 0
     while parts:
         name = parts.pop(0)
@@ -131,6 +138,7 @@ def resolve(root: Path, path: str) -> str:
                 done.pop()
             continue
         here = root.joinpath(*done, name)
+        looked.append("/".join([*done, name]))
         if here.is_symlink():
             hops += 1
             if hops > _MAX_LINKS:
@@ -142,7 +150,28 @@ def resolve(root: Path, path: str) -> str:
                 + parts
             continue
         done.append(name)
-    return "/".join(done)
+    return "/".join(done), tuple(looked)
+
+
+def shadows(layer: Path, looked: Iterable[str], results: Iterable[str]) -> bool:
+    """Whether an overlay layer (a committed upper directory) can change what a tree with it
+    shows at ``results`` (resolved paths, relative) or on the way there (``looked``, as
+    :func:`trail` gives them): it has an entry at a result (and so anything below it), or on
+    the way something other than a plain directory -- a file, a symlink, a whiteout, an
+    opaque or redirected directory -- which replaces what the layers below show there
+    instead of merging with it. A plain directory on the way is only the parent of a change
+    elsewhere."""
+    if any(os.path.lexists(layer / rel) for rel in results):
+        return True
+    for rel in looked:
+        path = layer / rel
+        try:
+            st = path.lstat()
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        if not stat.S_ISDIR(st.st_mode) or is_opaque(str(path)):
+            return True
+    return False
 
 
 def digest(root: Path, rel: str) -> str:

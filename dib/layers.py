@@ -27,7 +27,7 @@ import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 from dib.cache import ArtifactCache, cache_key
 
@@ -182,11 +182,14 @@ class LayerStore:
         if self._index is not None:
             self._index.set_note(f"hooks:{key}", dict(delta))
 
-    def stack_stamp(self, stack: Sequence[Path]) -> Optional[List[List[Any]]]:
+    def stack_stamp(self, stack: Sequence[Path],
+                    relevant: Optional[Callable[[Path], bool]] = None
+                    ) -> Optional[List[List[Any]]]:
         """What identifies the contents of a stack of cached layers for :meth:`note_for`:
         each layer's key with its directory's inode and change time (a layer is never
-        written once committed; one pruned and built again is a new directory). None when
-        the cache is off or a layer is not a committed one."""
+        written once committed; one pruned and built again is a new directory); with
+        ``relevant``, only the layers for which it holds. None when the cache is off or a
+        layer is not a committed one."""
         if self._index is None:
             return None
         stamp: List[List[Any]] = []
@@ -197,7 +200,8 @@ class LayerStore:
                 st = os.stat(layer)
             except OSError:
                 return None
-            stamp.append([layer.name, st.st_ino, st.st_ctime_ns])
+            if relevant is None or relevant(layer):
+                stamp.append([layer.name, st.st_ino, st.st_ctime_ns])
         return stamp
 
     def note_for(self, name: str, stamp: Optional[List[List[Any]]]) -> Optional[Any]:

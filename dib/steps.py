@@ -311,15 +311,24 @@ def _script_steps(b: BuildContext, tree: LayeredTree, chain: Chain, phase: Phase
 def _read(b: BuildContext, tree: LayeredTree, decl: content_keys.Declaration
           ) -> content_keys.Reading:
     """What ``decl`` reads in the tree so far. Hashing it (the kernel's modules: hundreds of
-    MiB) is most of a no-op build's time, so the reading is kept in the layer cache with
-    the stack of layers it was made from and reused while that stack is the same."""
-    stamp = b.store.stack_stamp(tree.layers)
+    MiB) is most of a no-op or an incremental build's time, so the reading is kept in the
+    layer cache with the paths it resolved through and the layers that can change what the
+    tree shows there (:func:`content_keys.shadows`), and reused while those are the same:
+    a rebuilt layer that touches none of them (an edited script writing /etc/motd) does not
+    make the initramfs's 400 MB be hashed again."""
     name = f"reading:{decl.step}:" + layers.step_key({"reads": list(decl.reads),
                                                       "writes": list(decl.writes)})
-    kept = b.store.note_for(name, stamp)
-    if kept is not None:
-        return content_keys.Reading(dict(kept["inputs"]), tuple(kept["allowed"]))
     with tree.view(b.wd.built) as root:
+        trails = {p: content_keys.trail(root, p) for p in decl.reads + decl.writes}
+        looked = sorted({rel for _, way in trails.values() for rel in way})
+        results = sorted({trails[p][0] for p in decl.reads})
+        stamp = b.store.stack_stamp(
+            tree.layers, lambda layer: content_keys.shadows(layer, looked, results))
+        if stamp is not None:
+            stamp = [looked, *stamp]
+        kept = b.store.note_for(name, stamp)
+        if kept is not None:
+            return content_keys.Reading(dict(kept["inputs"]), tuple(kept["allowed"]))
         reading = content_keys.read(root, decl)
     b.store.set_note_for(name, stamp, {"inputs": reading.inputs,
                                        "allowed": list(reading.allowed)})

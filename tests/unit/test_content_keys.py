@@ -88,6 +88,33 @@ def test_resolve_follows_symlinks_inside_the_tree(tree):
     content_keys.resolve(tree, "/etc/loop")  # a loop ends, it does not hang
 
 
+def test_trail_names_every_path_looked_at_on_the_way(tree):
+    assert content_keys.trail(tree, "/lib/modules") == (
+        "usr/lib/modules", ("lib", "usr", "usr/lib", "usr/lib/modules"))
+    assert content_keys.trail(tree, "/etc/abs/6.1") == (
+        "usr/lib/modules/6.1", ("etc", "etc/abs", "usr", "usr/lib", "usr/lib/modules",
+                                "usr/lib/modules/6.1"))
+
+
+def test_a_layer_shadows_a_reading_only_by_what_it_puts_there(tmp_path):
+    looked = ("lib", "usr", "usr/lib", "usr/lib/modules")
+    results = ("usr/lib/modules",)
+    layer = tmp_path / "layer"
+    (layer / "usr/lib/python3").mkdir(parents=True)     # parents of a change elsewhere
+    (layer / "etc").mkdir()
+    (layer / "etc/motd").write_text("hello\n")
+    assert not content_keys.shadows(layer, looked, results)
+    (layer / "usr/lib/modules").mkdir()                 # anything at the result
+    assert content_keys.shadows(layer, looked, results)
+    (layer / "usr/lib/modules").rmdir()
+    (layer / "lib").symlink_to("usr/lib64")             # a symlink on the way
+    assert content_keys.shadows(layer, looked, results)
+    (layer / "lib").unlink()
+    (layer / "lib").write_text("")                      # a file (as a whiteout hides)
+    assert content_keys.shadows(layer, looked, results)
+    assert not content_keys.shadows(tmp_path / "empty", looked, results)
+
+
 def test_digest_sees_contents_and_modes_and_absence(tree):
     before = content_keys.digest(tree, "usr/lib/modules")
     assert before.startswith("dir:")

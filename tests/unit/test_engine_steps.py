@@ -171,28 +171,49 @@ def test_a_declared_reading_is_made_once_per_stack_of_layers(build: SimpleNamesp
         made.append(root)
         return content_keys.Reading({"read:/boot": f"digest-{len(made)}"}, ("boot",))
 
+    def rebuilt(layer: Path, *files: str) -> None:
+        """The same key built again (pruned, then rebuilt): a new directory."""
+        shutil.rmtree(layer)
+        layer.mkdir()
+        for rel in files:
+            (layer / rel).parent.mkdir(parents=True, exist_ok=True)
+            (layer / rel).write_text("x")
+
     monkeypatch.setattr(content_keys, "read", read)
     build.wd.built = tmp_path / "built"
     decl = content_keys.Declaration("dpkg", "post-install.d/98-x", ("/boot",), ("/tmp",))
     key = steps._step(build, new_tree(build, tmp_path), "root.d",
                       {"prev": "root", "step": "root.d"}, Body(), base=True)
+    base = build.store.dir / key
+    (base / "boot").mkdir()
+    (base / "boot" / "vmlinuz").write_text("kernel")
     tree = new_tree(build, tmp_path)
-    tree.add_layer(build.store.dir / key)
+    tree.add_layer(base)
     first = steps._read(build, tree, decl)
     assert steps._read(build, tree, decl) == first and len(made) == 1
     # another declaration of the same step (an edited layer-inputs.yaml) is read afresh
     steps._read(build, tree, content_keys.Declaration("dpkg", "post-install.d/98-x",
                                                        ("/boot", "/etc"), ("/tmp",)))
     assert len(made) == 2
-    # the same key built again (pruned, then rebuilt) is a new directory: read again
-    layer = build.store.dir / key
-    shutil.rmtree(layer)
-    layer.mkdir()
+    rebuilt(base, "boot/vmlinuz")
     again = steps._read(build, tree, decl)
     assert len(made) == 3 and again.inputs == {"read:/boot": "digest-3"}
+    # a layer above that changes nothing the step reads (an edited script's /etc/motd, and
+    # files in /tmp, where the step only writes) is no reason to read again, built or rebuilt
+    key2 = steps._step(build, tree, "install.d/50-motd", {"prev": key, "step": "motd"},
+                       Body())
+    edited = build.store.dir / key2
+    rebuilt(edited, "etc/motd", "tmp/scratch")
+    assert steps._read(build, tree, decl).inputs == {"read:/boot": "digest-3"}
+    rebuilt(edited, "etc/motd", "etc/issue")
+    assert steps._read(build, tree, decl).inputs == {"read:/boot": "digest-3"}
+    assert len(made) == 3
+    # ... one that writes below /boot is
+    rebuilt(edited, "etc/motd", "boot/config")
+    assert steps._read(build, tree, decl).inputs == {"read:/boot": "digest-4"}
     # a stack with a layer that is not a committed one is never remembered
     with build.store.new_upper("post-install.d/97-y") as upper:
         tree.add_layer(upper)
         steps._read(build, tree, decl)
         steps._read(build, tree, decl)
-    assert len(made) == 5
+    assert len(made) == 6
