@@ -182,14 +182,12 @@ class LayerStore:
         if self._index is not None:
             self._index.set_note(f"hooks:{key}", dict(delta))
 
-    def stack_stamp(self, stack: Sequence[Path],
-                    relevant: Optional[Callable[[Path], bool]] = None
+    def stack_stamp(self, stack: Sequence[Path], relevant: Callable[[Path], bool]
                     ) -> Optional[List[List[Any]]]:
         """What identifies the contents of a stack of cached layers for :meth:`note_for`:
-        each layer's key with its directory's inode and change time (a layer is never
-        written once committed; one pruned and built again is a new directory); with
-        ``relevant``, only the layers for which it holds. None when the cache is off or a
-        layer is not a committed one."""
+        the key of each layer for which ``relevant`` holds, with its directory's inode and
+        change time (a layer is never written once committed; one pruned and built again is
+        a new directory). None when the cache is off or a layer is not a committed one."""
         if self._index is None:
             return None
         stamp: List[List[Any]] = []
@@ -200,7 +198,7 @@ class LayerStore:
                 st = os.stat(layer)
             except OSError:
                 return None
-            if relevant is None or relevant(layer):
+            if relevant(layer):
                 stamp.append([layer.name, st.st_ino, st.st_ctime_ns])
         return stamp
 

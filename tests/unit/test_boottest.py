@@ -166,11 +166,11 @@ def test_marks_are_timed_in_order_and_one_that_never_shows_is_not_waited_for(fak
     fake = fake_qemu("kvm-stall")
     marks = (r"\] Linux version", r"Run /init", r"Welcome to ")   # the last never shows
     result = _boot(fake, accel="tcg", marks=marks)
+    # passed: a mark waited for would have held the boot until its timeout, and failed it
     assert result.passed, result.failure
     linux, init, login = (result.seen[p] for p in (marks[0], marks[1], "login: "))
     assert linux <= init <= login
     assert marks[2] not in result.seen
-    assert result.seconds < 30          # not held until the 60 s timeout by the missing mark
     assert fake.alive() == []
 
 
