@@ -24,9 +24,10 @@ CACHE = Path(os.environ.get("DIB_E2E_CACHE", "/var/tmp/dib-e2e-cache"))
 MARKER = r"DIB-BOOT-MARKER state=(\S+) failed=(\d+) root=(\S+) os=(\S+)"
 
 
-def _build(tmp: Path, name: str, *args: str) -> Path:
+def _build(tmp: Path, name: str, *args: str, **extra_env: str) -> Path:
     env = dict(os.environ, ELEMENTS_PATH=str(ROOT / "tests" / "elements"),
-               TMP_DIR=str(tmp / "tmp"), DIB_IMAGE_CACHE=str(CACHE), OVERWRITE_OLD_IMAGE="1")
+               TMP_DIR=str(tmp / "tmp"), DIB_IMAGE_CACHE=str(CACHE), OVERWRITE_OLD_IMAGE="1",
+               **extra_env)
     out = tmp / name
     proc = subprocess.run([sys.executable, str(ROOT / "bin" / "disk-image-create"), "-o", str(out),
                            *args], env=env, capture_output=True, text=True, timeout=1800)
@@ -53,6 +54,13 @@ def _sfdisk(raw: Path) -> dict:
     out = subprocess.run(["sfdisk", "--json", str(raw)], capture_output=True, text=True,
                          check=True).stdout
     return json.loads(out)["partitiontable"]
+
+
+@pytest.fixture(scope="module")
+def cloud_kernel_image(scratch) -> Path:
+    tmp = scratch("vm-cloud-kernel")
+    return _build(tmp, "cloud", "vm", "debian-minimal", "t-boot-marker",
+                  DIB_DEBIAN_KERNEL_FLAVOUR="cloud")
 
 
 def _boot(image: Path, tmp: Path, uefi: bool) -> re.Match:
@@ -174,3 +182,21 @@ def test_efi_image_boots_under_uefi(efi_image, tmp_path):
 def test_efi_image_also_boots_under_bios(efi_image, tmp_path):
     state, failed, root, _ = _boot(Path(f"{efi_image}.qcow2"), tmp_path, uefi=False).groups()
     assert (state, failed, root) == ("running", "0", "/dev/vda3")
+
+
+# -- debian-minimal with DIB_DEBIAN_KERNEL_FLAVOUR=cloud -------------------------------------
+
+def test_cloud_kernel_image_has_only_the_cloud_kernel(cloud_kernel_image):
+    manifest = json.loads(Path(f"{cloud_kernel_image}.d/manifest.json").read_text())
+    names = {p["name"] if isinstance(p, dict) else p for p in manifest["packages"]["list"]}
+    kernels = sorted(n for n in names if n.startswith("linux-image-"))
+    assert "linux-image-cloud-amd64" in kernels and "linux-image-amd64" not in kernels, kernels
+    assert all("cloud" in k for k in kernels), kernels
+
+
+def test_cloud_kernel_image_boots_to_login_and_marker(cloud_kernel_image, tmp_path):
+    state, failed, root, os_id = _boot(Path(f"{cloud_kernel_image}.qcow2"), tmp_path,
+                                       uefi=False).groups()
+    assert (state, failed, root, os_id) == ("running", "0", "/dev/vda1", "debian-12")
+    console = (tmp_path / "serial.log").read_text(errors="replace")
+    assert re.search(r"Linux version \S+-cloud-amd64 ", console), console[:3000]

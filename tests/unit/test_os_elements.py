@@ -159,6 +159,36 @@ def test_debian_minimal_kernel_per_arch():
         assert kernels == [kernel], (arch, kernels)
 
 
+@pytest.mark.parametrize("arch,flavour,expect", [
+    ("amd64", "cloud", "linux-image-cloud-amd64"), ("arm64", "cloud", "linux-image-cloud-arm64"),
+    ("amd64", "default", "linux-image-amd64"), ("arm64", "default", "linux-image-arm64")])
+def test_debian_minimal_kernel_flavour(arch, flavour, expect):
+    env = {**env_of("debian-minimal", extra={"DIB_DEBIAN_KERNEL_FLAVOUR": flavour}),
+           "ARCH": arch}
+    install = packages(resolved("debian-minimal"), env)["install.d"]
+    assert [p for p in install if p.startswith("linux-image")] == [expect]
+
+
+def test_debian_minimal_kernel_flavour_defaults_to_the_architectures():
+    assert env_of("debian-minimal")["DIB_DEBIAN_KERNEL_FLAVOUR"] == "default"
+
+
+@pytest.mark.parametrize("arch,flavour,error", [
+    ("amd64", "default", None), ("arm64", "cloud", None), ("amd64", "cloud", None),
+    ("armhf", "cloud", "cloud kernel for amd64 and arm64 only, not armhf"),
+    ("amd64", "clod", "DIB_DEBIAN_KERNEL_FLAVOUR=clod: must be default or cloud")])
+def test_debian_minimal_kernel_flavour_checked_before_the_bootstrap(arch, flavour, error):
+    script = ELEMENTS / "debian-minimal" / "root.d" / "05-debian-minimal-kernel-flavour"
+    assert element.run_parts_key(script.name) < element.run_parts_key("08-debootstrap")
+    r = subprocess.run([str(script)], capture_output=True, text=True,
+                       env={"PATH": os.environ["PATH"], "ARCH": arch,
+                            "DIB_DEBIAN_KERNEL_FLAVOUR": flavour})
+    if error is None:
+        assert (r.returncode, r.stderr) == (0, "")
+    else:
+        assert r.returncode == 1 and error in r.stderr, r.stderr
+
+
 @pytest.mark.parametrize("kernel,expect", [("linux-image-generic", "linux-image-generic"),
                                            ("linux-image-virtual", "linux-image-virtual")])
 def test_ubuntu_kernel_choice(kernel, expect):
