@@ -814,6 +814,10 @@ def render(meta: Dict, rows: List[Dict], summary: List[Dict]) -> str:
                 f"({meta['project_snapshot']})" if meta.get("project_snapshot") else ""))
     L.append(f"- release {meta['env']['DIB_RELEASE']}, mirrors from the host's apt sources; "
              "qcow2 output; each tool has its own empty image cache for cold")
+    if meta.get("ours_env"):
+        L.append("- **this project's builds only** had " + ", ".join(
+            f"`{k}={v}`" for k, v in sorted(meta["ours_env"].items()))
+                 + ": the two tools' images differ, so the ratios are not like for like")
     for note in meta.get("host_notes", []):
         L.append(f"- {note}")
     L.append(f"- wait for a quiet box before each build: up to {meta['quiet_wait']:.0f} s "
@@ -922,6 +926,14 @@ def render(meta: Dict, rows: List[Dict], summary: List[Dict]) -> str:
 
 # ------------------------------------------------------------------------------ main
 
+def parse_assignment(p: argparse.ArgumentParser, text: str) -> Tuple[str, str]:
+    """``NAME=VALUE`` of --ours-env, NAME a shell variable name."""
+    name, eq, value = text.partition("=")
+    if not eq or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        p.error(f"--ours-env {text!r}: expected NAME=VALUE")
+    return name, value
+
+
 def parse_args(argv: List[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -950,7 +962,12 @@ def parse_args(argv: List[str]) -> argparse.Namespace:
     p.add_argument("--keep-images", action="store_true",
                    help="keep the qcow2 files and the tools' caches (default: each image is "
                         "deleted once measured and checked, the caches when the run ends)")
+    p.add_argument("--ours-env", action="append", default=[], metavar="NAME=VALUE",
+                   help="an extra variable for this project's builds only (repeatable), e.g. "
+                        "DIB_DEBIAN_KERNEL_FLAVOUR=cloud; the report names it, since the "
+                        "two images then differ")
     args = p.parse_args(argv)
+    args.ours_env = dict(parse_assignment(p, a) for a in args.ours_env)
     if args.skip_dib:
         if args.only == "dib":
             p.error("--skip-dib contradicts --only dib")
@@ -1004,7 +1021,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         "quiet_wait": args.quiet_wait, "project_rev": git_describe(),
         "host": {"cpus": os.cpu_count(), "mem_gib": round(mem_kib / 2**20, 1),
                  "kernel": platform.release(), "python": platform.python_version()},
-        "env": {"DIB_RELEASE": "bookworm"}, "verify": [],
+        "env": {"DIB_RELEASE": "bookworm"}, "ours_env": args.ours_env, "verify": [],
     }
     rows: List[Dict] = []
     host = HostSetup(wd, args.sudo)
@@ -1040,7 +1057,8 @@ def main(argv: Optional[List[str]] = None) -> int:
             if not args.no_snapshot:
                 cli = snapshot_project(wd / "project")
                 meta["project_snapshot"] = str(cli.parent.parent)
-            tools.append(Tool("dib-project", [sys.executable, str(cli)], dict(base_env),
+            tools.append(Tool("dib-project", [sys.executable, str(cli)],
+                              {**base_env, **args.ours_env},
                               dirs["tmp"] / "ours", dirs["cache"] / "ours"))
         for t in tools:
             t.tmp.mkdir(parents=True, exist_ok=True)

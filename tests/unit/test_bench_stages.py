@@ -96,3 +96,23 @@ def test_the_boot_profile_table_has_each_tools_medians(bench: ModuleType) -> Non
     assert table["all: QEMU's start to the login prompt"] == ["44.0", "32.0"]
     assert table["firmware, GRUB"] == ["2.0", "2.0"]
     assert bench.render_boot_spans([row("dib", "boot", 40.0)]) == []   # no profile, no table
+
+
+def test_an_extra_variable_for_our_builds_is_parsed_and_named_in_the_report(
+        bench: ModuleType) -> None:
+    args = bench.parse_args(["--ours-env", "DIB_DEBIAN_KERNEL_FLAVOUR=cloud",
+                             "--ours-env", "DIB_X=a=b"])
+    assert args.ours_env == {"DIB_DEBIAN_KERNEL_FLAVOUR": "cloud", "DIB_X": "a=b"}
+    assert bench.parse_args([]).ours_env == {}
+    for bad in ("DIB_X", "=x", "1X=y", "A B=c"):
+        with pytest.raises(SystemExit):
+            bench.parse_args(["--ours-env", bad])
+    meta = {"started_utc": "t", "rounds": 1, "host": {"cpus": 2, "mem_gib": 1, "kernel": "k",
+                                                      "python": "3"},
+            "project_rev": "r", "env": {"DIB_RELEASE": "bookworm"}, "quiet_wait": 0,
+            "verify": []}
+    rows = [row("dib", "cold", 100.0, 90.0), row("dib-project", "cold", 50.0, 40.0)]
+    assert "not like for like" not in bench.render(meta, rows, bench.summarize(rows))
+    text = bench.render({**meta, "ours_env": args.ours_env}, rows, bench.summarize(rows))
+    named = [ln for ln in text.splitlines() if "not like for like" in ln]
+    assert len(named) == 1 and "`DIB_DEBIAN_KERNEL_FLAVOUR=cloud`" in named[0]
