@@ -104,6 +104,9 @@ def test_bios_root_filesystem_label_and_fstab(bios_image, tmp_path):
         grub = subprocess.run(["debugfs", "-R", "cat /boot/grub/grub.cfg", part],
                               capture_output=True, text=True, check=True).stdout
         assert "root=LABEL=cloudimg-rootfs" in grub and "console=ttyS0,115200" in grub
+        # no menu and no wait for a key (the hidden style's key check took 3 s on the serial
+        # console)
+        assert re.search(r"set timeout_style=menu\n\s*set timeout=0\n", grub), grub
         # a disk that boots by BIOS alone has GRUB's BIOS modules and not its EFI ones
         grub_dirs = subprocess.run(["debugfs", "-R", "ls /usr/lib/grub", part],
                                    capture_output=True, text=True, check=True).stdout.split()

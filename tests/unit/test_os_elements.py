@@ -169,6 +169,16 @@ def test_debian_minimal_kernel_flavour(arch, flavour, expect):
     assert [p for p in install if p.startswith("linux-image")] == [expect]
 
 
+@pytest.mark.parametrize("given,expect", [
+    ({}, ("0", "menu")), ({"DIB_GRUB_TIMEOUT": "5"}, ("5", "menu")),
+    ({"DIB_GRUB_TIMEOUT_STYLE": "hidden"}, ("0", "hidden"))])
+def test_bootloader_boots_at_once_by_default_without_looking_for_a_key(given, expect):
+    # GRUB's hidden style at timeout 0 still looks for a key, 3 s on a serial console; the
+    # menu style at timeout 0 boots at once (docs/debugging.md)
+    env = env_of("vm", "debian-minimal", extra=given)
+    assert (env["DIB_GRUB_TIMEOUT"], env["DIB_GRUB_TIMEOUT_STYLE"]) == expect
+
+
 def test_debian_minimal_kernel_flavour_defaults_to_the_architectures():
     assert env_of("debian-minimal")["DIB_DEBIAN_KERNEL_FLAVOUR"] == "default"
 
