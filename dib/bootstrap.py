@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib import cmd, mirror
-from dib.cache import ArtifactCache, cache_key, describe_inputs, file_sha256
+from dib.cache import EPOCH_FORMAT, ArtifactCache, cache_key, describe_inputs, file_sha256
 from dib.config import DEFAULT_IMAGE_CACHE
 from dib.errors import ConfigError, DibError
 from dib.log import helper_main
@@ -80,12 +80,14 @@ class BootstrapConfig:
     offline: bool = False
     use_cache: bool = True
     max_age_days: float = 7.0
-    #: a reproducible build's SOURCE_DATE_EPOCH (mmdebstrap and dpkg use it); "" unset
+    #: a reproducible build's SOURCE_DATE_EPOCH, given to the tool (mmdebstrap, dpkg and the
+    #: maintainer scripts it runs use it: shadow's last-change dates); "" unset
     source_date_epoch: str = ""
 
     def key_inputs(self) -> Dict[str, object]:
         """Everything that changes the bootstrap result -- and nothing else."""
-        epoch = {"source_date_epoch": self.source_date_epoch} if self.source_date_epoch else {}
+        epoch = {"source_date_epoch": self.source_date_epoch, "epoch_format": EPOCH_FORMAT} \
+            if self.source_date_epoch else {}
         return {**epoch,
             "distro": self.distro, "release": self.release, "arch": self.arch,
             "tool": self.tool, "tool_version": self.tool_version,
@@ -168,6 +170,12 @@ def config_from_env(env: Mapping[str, str], *, host_id: str,
         max_age_days=max_age,
         source_date_epoch=env.get("SOURCE_DATE_EPOCH", "").strip(),
     )
+
+
+def tool_env(cfg: BootstrapConfig) -> Dict[str, str]:
+    """The tool's environment: the clean one, and a reproducible build's epoch."""
+    return cmd.base_env({"SOURCE_DATE_EPOCH": cfg.source_date_epoch}
+                        if cfg.source_date_epoch else None)
 
 
 def tool_argv(cfg: BootstrapConfig, target: Path) -> List[str]:
@@ -408,7 +416,7 @@ def _bootstrap(cfg: BootstrapConfig, target: Path) -> bool:
     hint = None
     if not cfg.choice.mirror and not cfg.sources:
         hint = "no mirror was configured; set DIB_DISTRIBUTION_MIRROR to one you can reach"
-    cmd.run(argv, hint=hint, on_line=_progress)
+    cmd.run(argv, env=tool_env(cfg), hint=hint, on_line=_progress)
     _normalise(target)
     return True
 

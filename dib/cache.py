@@ -31,6 +31,11 @@ log = logging.getLogger("dib.cache")
 
 #: bump when the layout or the meaning of an entry changes: old entries are simply missed
 FORMAT = 1
+#: bump when what a reproducible build (SOURCE_DATE_EPOCH) makes of the same inputs changes:
+#: keys with an epoch carry it, so entries an older dib made with that epoch are missed.
+#: 2: the bootstrap tool is given the epoch too (before, /etc/shadow's last-change dates were
+#: the day the bootstrap was made)
+EPOCH_FORMAT = 2
 
 
 def cache_key(kind: str, inputs: Mapping[str, Any]) -> str:

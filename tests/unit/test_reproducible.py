@@ -2,6 +2,7 @@
 Release files, the ext time fix-up script, and the command lines that change with an epoch."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import shutil
@@ -13,6 +14,7 @@ import pytest
 
 from dib import bootstrap, cmd, layers, reproducible
 from dib.blockdev import Params, default_config_text, load_config, mkfs
+from dib.cache import EPOCH_FORMAT
 from dib.config import parse_args
 from dib.disk import can_populate
 from dib.outputs.qemu import qemu_img_convert_argv
@@ -237,11 +239,35 @@ def test_the_epoch_keys_layers_and_the_bootstrap_only_when_set() -> None:
     repro = layers.build_inputs("amd64", {"DIB_RELEASE": "bookworm",
                                           "SOURCE_DATE_EPOCH": str(EPOCH)}, [])
     assert "source_date_epoch" not in plain
-    assert repro == {**plain, "source_date_epoch": str(EPOCH)}
+    assert repro == {**plain, "source_date_epoch": str(EPOCH), "epoch_format": EPOCH_FORMAT}
+    assert "source_date_epoch" not in _bootstrap_cfg({}).key_inputs()
+    assert _bootstrap_cfg({"SOURCE_DATE_EPOCH": "1"}).key != _bootstrap_cfg({}).key
+    assert _bootstrap_cfg({"SOURCE_DATE_EPOCH": "1"}).key_inputs()["epoch_format"] == \
+        EPOCH_FORMAT
 
-    def boot(env: Any) -> bootstrap.BootstrapConfig:
-        return bootstrap.config_from_env(
-            {"DISTRO_NAME": "debian", "DIB_RELEASE": "bookworm", "ARCH": "amd64", **env},
-            host_id="debian", host_sources=[], tool="mmdebstrap", tool_version="1")
-    assert "source_date_epoch" not in boot({}).key_inputs()
-    assert boot({"SOURCE_DATE_EPOCH": "1"}).key != boot({}).key
+
+def _bootstrap_cfg(env: Any) -> bootstrap.BootstrapConfig:
+    return bootstrap.config_from_env(
+        {"DISTRO_NAME": "debian", "DIB_RELEASE": "bookworm", "ARCH": "amd64", **env},
+        host_id="debian", host_sources=[], tool="mmdebstrap", tool_version="1")
+
+
+@pytest.mark.parametrize("tool", ["mmdebstrap", "debootstrap"])
+def test_the_bootstrap_tool_is_given_the_epoch(tool: str, tmp_path: Path) -> None:
+    """The tool runs the maintainer scripts (passwd's writes /etc/shadow's last-change
+    dates): without the epoch they are the day the bootstrap was made."""
+    seen: List[Any] = []
+
+    def runner(argv: List[str], **kwargs: Any) -> cmd.Result:
+        seen.append((argv[0], kwargs["env"]))
+        return cmd.Result(tuple(argv), 0, "", "")
+
+    for env in ({"SOURCE_DATE_EPOCH": str(EPOCH)}, {}):
+        cfg = dataclasses.replace(_bootstrap_cfg(env), tool=tool)
+        with cmd.use_runner(runner):
+            bootstrap._bootstrap(cfg, tmp_path)
+    (tool_a, repro), (tool_b, plain) = seen
+    assert tool_a == tool_b == tool
+    assert repro["SOURCE_DATE_EPOCH"] == str(EPOCH)
+    assert "SOURCE_DATE_EPOCH" not in plain
+    assert repro["PATH"] == plain["PATH"] == cmd.SAFE_PATH
