@@ -267,6 +267,23 @@ def test_no_timestamp_in_the_tree_is_newer_than_the_epoch(vm):
     assert not newer, f"{len(newer)} members newer than the epoch, e.g. {newer[:5]}"
 
 
+@pytest.mark.parametrize("build", ["a", "b"])
+def test_the_password_change_dates_are_the_epochs_day(vm, build):
+    """shadow's last-change field is a day, not a time: builds made on the same day agree even
+    when it is the build's day, so the comparisons above miss it until two builds (or a build
+    and its cached bootstrap) straddle midnight. ``b``'s bootstrap usually comes from the
+    shared cache, made earlier."""
+    with tarfile.open(vm[build].path("tar")) as tar:
+        for name in ("./etc/shadow", "./etc/shadow-"):
+            f = tar.extractfile(name)
+            assert f is not None
+            days = {line.split(":")[0]: line.split(":")[2]
+                    for line in f.read().decode().splitlines() if line.count(":") >= 2}
+            other = {user: day for user, day in days.items() if day != str(EPOCH // 86400)}
+            assert days and not other, \
+                f"{name}: last-change days other than {EPOCH // 86400} (the epoch's): {other}"
+
+
 # -- the docklet element set (synthetic source) ------------------------------------------------
 
 @pytest.fixture(scope="module")
