@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from dib import cmd, mirror
-from dib.cache import EPOCH_FORMAT, ArtifactCache, cache_key, describe_inputs, file_sha256
+from dib.cache import ArtifactCache, cache_key, describe_inputs, epoch_inputs, file_sha256
 from dib.config import DEFAULT_IMAGE_CACHE
 from dib.errors import ConfigError, DibError
 from dib.log import helper_main
@@ -86,9 +86,7 @@ class BootstrapConfig:
 
     def key_inputs(self) -> Dict[str, object]:
         """Everything that changes the bootstrap result -- and nothing else."""
-        epoch = {"source_date_epoch": self.source_date_epoch, "epoch_format": EPOCH_FORMAT} \
-            if self.source_date_epoch else {}
-        return {**epoch,
+        return {**epoch_inputs(self.source_date_epoch),
             "distro": self.distro, "release": self.release, "arch": self.arch,
             "tool": self.tool, "tool_version": self.tool_version,
             "variant": self.variant, "components": list(self.components),

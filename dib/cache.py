@@ -38,6 +38,12 @@ FORMAT = 1
 EPOCH_FORMAT = 2
 
 
+def epoch_inputs(epoch: str) -> Dict[str, Any]:
+    """What a reproducible build's epoch adds to a cache key's inputs (unset: nothing, so
+    keys stay as they are without one)."""
+    return {"source_date_epoch": epoch, "epoch_format": EPOCH_FORMAT} if epoch else {}
+
+
 def cache_key(kind: str, inputs: Mapping[str, Any]) -> str:
     """sha256 over the canonical JSON of ``inputs`` (sorted keys, no whitespace)."""
     doc = json.dumps({"kind": kind, "format": FORMAT, "inputs": inputs},

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
-from dib.cache import EPOCH_FORMAT, ArtifactCache, cache_key
+from dib.cache import ArtifactCache, cache_key, epoch_inputs
 
 log = logging.getLogger("dib.layers")
 
@@ -285,14 +285,10 @@ def build_inputs(arch: str, env: Mapping[str, str], packages: Sequence[str]) -> 
     for f in [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]:
         with contextlib.suppress(OSError):
             apt.update(f.name.encode() + b"\0" + f.read_bytes())
-    inputs: Dict[str, Any] = {
-        "arch": arch, "dib_env": json.dumps(dib_vars, sort_keys=True),
-        "packages": list(packages), "host_apt_sources": apt.hexdigest()}
-    # a reproducible build's epoch is in files, logs and the initramfs (unset: keys as before)
-    if env.get("SOURCE_DATE_EPOCH", "").strip():
-        inputs["source_date_epoch"] = env["SOURCE_DATE_EPOCH"].strip()
-        inputs["epoch_format"] = EPOCH_FORMAT
-    return inputs
+    # a reproducible build's epoch is in files, logs and the initramfs
+    return {"arch": arch, "dib_env": json.dumps(dib_vars, sort_keys=True),
+            "packages": list(packages), "host_apt_sources": apt.hexdigest(),
+            **epoch_inputs(env.get("SOURCE_DATE_EPOCH", "").strip())}
 
 
 def now() -> float:
